@@ -1,0 +1,105 @@
+"""AE.py: a plain fully-connected autoencoder for scATAC-seq.
+
+    python AE.py <epochs> <data> <outdir> <latent_dim> [labels] [--options]
+
+The encoder reads the transformed peaks of a cell (TF-IDF by default) through input
+dropout; the decoder predicts which peaks are open (Bernoulli, binary cross-entropy).
+Each cell's depth (the logit of its fraction of open peaks) is added to the output
+logits, so the latent code does not spend itself on sequencing depth.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+import common
+
+METHOD = "AE"
+
+
+def mlp(sizes, dropout=0.0, final_activation=False):
+    """Linear layers with LayerNorm and ReLU between them (none after the last unless asked)."""
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        last = i == len(sizes) - 2
+        if not last or final_activation:
+            layers.extend([nn.LayerNorm(n_out), nn.ReLU()])
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class AutoEncoder(nn.Module):
+    """n_peaks -> hidden_dims -> latent_dim -> reversed hidden_dims -> n_peaks logits.
+
+    Input x: (batch, n_peaks) transformed accessibility; output logits (batch, n_peaks).
+    """
+
+    def __init__(self, n_peaks: int, latent_dim: int, hidden_dims=(512, 128), input_dropout: float = 0.2, dropout: float = 0.1):
+        super().__init__()
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.encoder = mlp([n_peaks, *hidden_dims, latent_dim], dropout=dropout)
+        self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_peaks], dropout=dropout)
+
+    def encode(self, x):
+        return self.encoder(self.input_dropout(x))
+
+    def decode(self, latent, depth):
+        return self.decoder(latent) + depth
+
+    def embed(self, batch):
+        return self.encoder(batch.x)
+
+    def loss(self, batch, epoch=None):
+        latent = self.encode(batch.x)
+        logits = self.decode(latent, batch.depth)
+        reconstruction = F.binary_cross_entropy_with_logits(logits, batch.target, reduction="sum") / batch.x.shape[0]
+        return {"loss": reconstruction}
+
+
+def build_parser():
+    parser = common.method_parser(
+        METHOD,
+        "Plain autoencoder: features of scATAC-seq cells, UMAP, K-means clusters and scores.",
+        [("epochs", "passes over the data (the original suite counted mini-batches under this name)")],
+    )
+    group = parser.add_argument_group("model")
+    group.add_argument("--hidden-dims", type=int, nargs="+", default=[512, 128], help="hidden layer sizes of the encoder (default 512 128)")
+    group.add_argument("--input-dropout", type=float, default=0.2, help="dropout on the input peaks (default 0.2)")
+    group.add_argument("--dropout", type=float, default=0.1, help="dropout between hidden layers (default 0.1)")
+    group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    common.add_training_arguments(parser)
+    common.add_data_arguments(parser)
+    return parser
+
+
+def validate(args):
+    if not 0 <= args.input_dropout < 1:
+        common.fail("--input-dropout", f"must be in [0, 1), got {args.input_dropout}")
+    if not 0 <= args.dropout < 1:
+        common.fail("--dropout", f"must be in [0, 1), got {args.dropout}")
+    if any(h < 1 for h in args.hidden_dims):
+        common.fail("--hidden-dims", f"sizes must be at least 1, got {args.hidden_dims}")
+
+
+def fit(data: common.TrainData, args, device) -> common.FitResult:
+    """Train an AutoEncoder on `data`; features are the encoder's output without dropout."""
+    config = dict(n_peaks=data.n_peaks, latent_dim=args.latent_dim, hidden_dims=tuple(args.hidden_dims),
+                  input_dropout=args.input_dropout, dropout=args.dropout)
+    model = AutoEncoder(**config).to(device)
+    history = common.train(model, data, args.epochs, args.batch_size, args.lr, device, args.seed,
+                           weight_decay=args.weight_decay, phase="train")
+    latent = common.encode(model, data, device)
+    return common.FitResult(latent=latent, model=model, model_config=config, history=history)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    validate(args)
+    return common.run_method(METHOD, fit, args, epochs_names=["epochs"])
+
+
+if __name__ == "__main__":
+    common.run_cli(main)
