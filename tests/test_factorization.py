@@ -1,0 +1,175 @@
+"""NMF and LSNMF in common.py: shapes, the sparse LSNMF against nimfa, nothing densified on the large path."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import common
+
+
+@pytest.fixture(scope="module")
+def counts():
+    """A 240 cells x 400 peaks simulated count matrix and its labels."""
+    X, labels, barcodes, peaks = common.simulate_atac(n_cells=240, n_peaks=400, n_types=4, density=0.08, seed=3)
+    return X, labels
+
+
+@pytest.fixture(scope="module")
+def small(counts):
+    """The same matrix TF-IDF transformed; the tests pass it with transform='counts' (factorize as given)."""
+    X, labels = counts
+    return common.transform(X, "tfidf"), labels
+
+
+def test_sparse_lsnmf_reproduces_nimfa_in_float64(small):
+    X, _ = small
+    X64 = X.astype(np.float64)
+    W_n, H_n, info_n = common.fit_lsnmf(X64, 6, transform="counts", seed=1, max_iter=15, backend="nimfa")
+    W_s, H_s, info_s = common.fit_lsnmf(X64, 6, transform="counts", seed=1, max_iter=15, backend="sparse")
+    assert (info_n["backend"], info_s["backend"]) == ("nimfa", "sparse")
+    assert info_n["n_iter"] == info_s["n_iter"] == 15
+    # same start, same iterations: the factors agree to rounding, the objectives too
+    np.testing.assert_allclose(W_s, W_n, rtol=1e-6, atol=1e-7 * np.abs(W_n).max())
+    np.testing.assert_allclose(H_s, H_n, rtol=1e-6, atol=1e-7 * np.abs(H_n).max())
+    assert info_s["reconstruction_err"] == pytest.approx(info_n["reconstruction_err"], rel=1e-9)
+    assert info_s["projected_gradient_norm"] == pytest.approx(info_n["projected_gradient_norm"], rel=1e-6)
+    # and the factorization did work: error well below that of the start
+    W0, H0 = common.random_vcol_init(X64, 6, seed=1)
+    assert info_s["reconstruction_err"] < 0.97 * common.factorization_error(X64, W0, H0)
+
+
+def test_sparse_lsnmf_on_float32_input_stays_close_to_nimfa(small):
+    X, _ = small
+    assert X.dtype == np.float32
+    _, _, info_n = common.fit_lsnmf(X, 5, transform="counts", seed=0, max_iter=12, backend="nimfa")
+    W, H, info_s = common.fit_lsnmf(X, 5, transform="counts", seed=0, max_iter=12, backend="sparse")
+    assert info_s["reconstruction_err"] == pytest.approx(info_n["reconstruction_err"], rel=1e-5)
+    assert W.shape == (X.shape[0], 5) and H.shape == (5, X.shape[1])
+    assert W.dtype == np.float32 and H.dtype == np.float32
+    assert W.min() >= 0 and H.min() >= 0
+
+
+def test_lsnmf_seed_is_reproducible_and_matters(small):
+    X, _ = small
+    W1, _, _ = common.fit_lsnmf(X, 4, transform="counts", seed=7, max_iter=5, backend="sparse")
+    W2, _, _ = common.fit_lsnmf(X, 4, transform="counts", seed=7, max_iter=5, backend="sparse")
+    W3, _, _ = common.fit_lsnmf(X, 4, transform="counts", seed=8, max_iter=5, backend="sparse")
+    np.testing.assert_array_equal(W1, W2)
+    assert not np.allclose(W1, W3)
+
+
+def _forbid_full_densify(monkeypatch, shape):
+    """Make toarray()/todense() of any sparse matrix of `shape` (either orientation) raise."""
+    forbidden = {tuple(shape), tuple(shape[::-1])}
+    for cls in (sp.csr_matrix, sp.csc_matrix, sp.coo_matrix):
+        for name in ("toarray", "todense"):
+            original = getattr(cls, name)
+
+            def guard(self, *args, _original=original, **kwargs):
+                if tuple(self.shape) in forbidden:
+                    raise AssertionError(f"the whole {self.shape} matrix was densified")
+                return _original(self, *args, **kwargs)
+
+            monkeypatch.setattr(cls, name, guard)
+
+
+def test_large_path_never_densifies_the_matrix(counts, monkeypatch):
+    X, labels = counts
+    _forbid_full_densify(monkeypatch, X.shape)
+    # 'auto' with a tiny dense limit takes the sparse solver, as it would for 100k x 100k;
+    # the default TF-IDF transform stays sparse too
+    W, H, info = common.fit_lsnmf(X, 4, seed=0, max_iter=10, dense_limit_bytes=1000)
+    assert info["backend"] == "sparse" and W.shape == (X.shape[0], 4) and H.shape == (4, X.shape[1])
+    # the guard does catch a densification (nimfa's route copies X to dense)
+    with pytest.raises(AssertionError, match="densified"):
+        common.fit_lsnmf(X, 4, seed=0, max_iter=2, backend="nimfa")
+    # sklearn's NMF and MiniBatchNMF work on the sparse matrix too
+    W, H, info = common.fit_nmf(X, 4, seed=0, max_iter=50, minibatch_above=100)
+    assert info["backend"] == "minibatch" and W.shape == (X.shape[0], 4) and H.shape == (4, X.shape[1])
+    W, H, info = common.fit_nmf(X, 4, seed=0, max_iter=50, backend="full")
+    assert info["backend"] == "full" and np.isfinite(info["reconstruction_err"])
+
+
+def test_nmf_features_separate_the_simulated_types(small):
+    X, labels = small
+    W, H, info = common.fit_nmf(X, 6, transform="counts", seed=0)
+    assert W.shape == (X.shape[0], 6) and H.shape == (6, X.shape[1])
+    assert (info["init"], info["solver"], info["backend"]) == ("nndsvda", "mu", "full")
+    _, scores, _ = common.evaluate(W, labels, None, 0)
+    assert scores["ARI"] > 0.6, scores
+    # the error reported is ||X - WH||_F, computed without densifying X
+    assert info["reconstruction_err"] == pytest.approx(np.linalg.norm(X.toarray() - W.astype(np.float64) @ H), rel=1e-4)
+
+
+def test_factorization_error_matches_dense(small):
+    X, _ = small
+    rng = np.random.default_rng(0)
+    W, H = rng.random((X.shape[0], 3)), rng.random((3, X.shape[1]))
+    assert common.factorization_error(X, W, H) == pytest.approx(np.linalg.norm(X.toarray() - W @ H), rel=1e-9)
+
+
+def test_random_vcol_init_is_means_of_random_columns_and_rows():
+    X = sp.csr_matrix(np.arange(1, 31, dtype=np.float64).reshape(5, 6))
+    W, H = common.random_vcol_init(X, 2, seed=0, p_c=2, p_r=3)
+    rng = np.random.RandomState(0)
+    dense = X.toarray()
+    for k in range(2):
+        cols = rng.randint(0, 6, size=2)
+        rows = rng.randint(0, 5, size=3)
+        np.testing.assert_allclose(W[:, k], dense[:, cols].mean(axis=1))
+        np.testing.assert_allclose(H[k], dense[rows].mean(axis=0))
+
+
+@pytest.mark.parametrize("rank, match", [(0, "at least 1"), (400, "smaller than the number of peaks"),
+                                         (2.5, "whole number"), (241, "number of cells")])
+def test_bad_rank_is_an_input_error(small, rank, match):
+    X, _ = small
+    for fit in (common.fit_nmf, common.fit_lsnmf):
+        with pytest.raises(common.InputError, match=match):
+            fit(X, rank, transform="counts")
+
+
+def test_methods_are_parsed_and_unknown_ones_named():
+    assert common.parse_methods("nmf, LSNMF") == ["NMF", "LSNMF"]
+    assert common.parse_methods(["LSNMF", "lsnmf"]) == ["LSNMF"]
+    with pytest.raises(common.InputError, match="unknown method 'PCA'"):
+        common.parse_methods("NMF,PCA")
+
+
+def test_import_nimfa_aliases_np_mat_only():
+    nimfa = common.import_nimfa()
+    assert np.mat is np.asmatrix
+    assert hasattr(nimfa, "Lsnmf")
+
+
+def test_loadings_table_is_peaks_by_rank(tmp_path):
+    loadings = np.array([[0.5, 0.0, 2.0], [1.0, 3.0, 0.25]])
+    common.write_loadings(tmp_path / "loadings.tsv", loadings, ["p1", "p2", "p3"], "NMF")
+    lines = (tmp_path / "loadings.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["peak", "NMF_1", "NMF_2"]
+    assert [line.split("\t") for line in lines[1:]] == [["p1", "0.5", "1"], ["p2", "0", "3"], ["p3", "2", "0.25"]]
+
+
+def test_staged_folder_is_all_or_nothing(tmp_path):
+    final = tmp_path / "NMF"
+    with pytest.raises(RuntimeError):
+        with common.staged_folder(final) as stage:
+            (stage / "feature.txt").write_text("half")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with common.staged_folder(final) as stage:
+        (stage / "a.txt").write_text("old")
+    with common.staged_folder(final) as stage:
+        (stage / "b.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["NMF"]
+
+
+def test_default_input_is_tfidf_of_the_counts(counts, small):
+    X_counts, _ = counts
+    X_tfidf, _ = small
+    W_default, H_default, info = common.fit_nmf(X_counts, 4, seed=0, max_iter=30)
+    W_given, H_given, _ = common.fit_nmf(X_tfidf, 4, seed=0, max_iter=30, transform="counts")
+    assert info["transform"] == "tfidf"
+    np.testing.assert_allclose(W_default, W_given, rtol=1e-5, atol=1e-6)
+    with pytest.raises(common.InputError, match="unknown transform 'sqrt'"):
+        common.fit_lsnmf(X_counts, 4, transform="sqrt")
