@@ -1241,6 +1241,8 @@ def run_method(method: str, fit: Callable, args, epochs_names: Sequence[str]) ->
     started = time.perf_counter()
     dataset = prepare_dataset(args.data, args.labels, args)
     check_latent_dim(args.latent_dim, dataset.n_peaks, args.data)
+    # fit sees only the matrices; a model sized by the cell types (VAE's mixture prior) reads this
+    args.n_label_types = len(set(dataset.labels)) if dataset.labels is not None else None
     timings["load_filter_s"] = time.perf_counter() - started
     outdir, created = prepare_outdir(args.outdir)
     with output_guard(outdir, created):

@@ -1,0 +1,187 @@
+"""VAE.py: a variational autoencoder with a Gaussian-mixture prior (SCALE's model) or a standard normal one.
+
+    python VAE.py <epochs> <data> <outdir> <latent_dim> [labels] [--options]
+
+The encoder gives each cell a Gaussian posterior q(z|x) = N(mean, diag var), sampled
+with the reparameterization trick; the decoder predicts which peaks are open
+(Bernoulli, each cell's depth added to the logits, as AE.py). The loss is the
+reconstruction plus a KL term whose weight rises from 0 to 1 over the first
+--kl-warmup epochs:
+
+  gmm (default, SCALE): p(z) = sum_c pi_c N(mu_c, diag var_c), with learnable pi, mu, var,
+      fit to the posterior means by scikit-learn's GaussianMixture when the warm-up ends;
+      KL = sum_c gamma_c KL(q(z|x) || N(mu_c, var_c)) + KL(gamma || pi), where gamma are
+      the cell's responsibilities p(c | z) at a sampled z;
+  normal: KL(q(z|x) || N(0, I)).
+
+Features are the posterior means, so the same seed gives the same features.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+import common
+from AE import mlp
+
+METHOD = "VAE"
+PRIORS = ("gmm", "normal")
+DEFAULT_COMPONENTS_WITHOUT_LABELS = 8
+
+
+def kl_to_diagonal_gaussians(mean, logvar, prior_mean, prior_logvar):
+    """KL(N(mean, e^logvar) || N(prior_mean_c, e^prior_logvar_c)) summed over dimensions: (batch, components)."""
+    mean, logvar = mean.unsqueeze(1), logvar.unsqueeze(1)
+    return 0.5 * (prior_logvar - logvar + torch.exp(logvar - prior_logvar)
+                  + (mean - prior_mean) ** 2 * torch.exp(-prior_logvar) - 1).sum(dim=2)
+
+
+class VariationalAutoEncoder(nn.Module):
+    """n_peaks -> hidden_dims -> (mean, logvar) of latent_dim -> reversed hidden_dims -> n_peaks logits."""
+
+    def __init__(self, n_peaks: int, latent_dim: int, hidden_dims=(512, 128), input_dropout: float = 0.2,
+                 dropout: float = 0.1, prior: str = "gmm", n_components: int = DEFAULT_COMPONENTS_WITHOUT_LABELS,
+                 kl_warmup: int = 10):
+        super().__init__()
+        self.prior = prior
+        self.kl_warmup = kl_warmup
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.encoder = mlp([n_peaks, *hidden_dims], dropout=dropout, final_activation=True)
+        self.to_mean = nn.Linear(hidden_dims[-1], latent_dim)
+        self.to_logvar = nn.Linear(hidden_dims[-1], latent_dim)
+        self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_peaks], dropout=dropout)
+        if prior == "gmm":
+            self.mixture_logits = nn.Parameter(torch.zeros(n_components))
+            self.mixture_means = nn.Parameter(torch.zeros(n_components, latent_dim))
+            self.mixture_logvars = nn.Parameter(torch.zeros(n_components, latent_dim))
+        # Until the mixture is fit to real codes, its parameters are meaningless: the KL
+        # is taken to N(0, I) meanwhile, and the mixture gets no gradient.
+        self.register_buffer("mixture_ready", torch.tensor(False))
+
+    def posterior(self, x):
+        hidden = self.encoder(x)
+        return self.to_mean(hidden), self.to_logvar(hidden).clamp(-15, 10)
+
+    def embed(self, batch):
+        return self.posterior(batch.x)[0]
+
+    def kl(self, mean, logvar, z):
+        if self.prior == "normal" or not bool(self.mixture_ready):
+            return 0.5 * (mean ** 2 + torch.exp(logvar) - 1 - logvar).sum(dim=1)
+        log_pi = torch.log_softmax(self.mixture_logits, dim=0)
+        log_density = -0.5 * (math.log(2 * math.pi) + self.mixture_logvars
+                              + (z.unsqueeze(1) - self.mixture_means) ** 2 * torch.exp(-self.mixture_logvars)).sum(dim=2)
+        log_gamma = torch.log_softmax(log_pi + log_density, dim=1)
+        gamma = log_gamma.exp()
+        per_component = kl_to_diagonal_gaussians(mean, logvar, self.mixture_means, self.mixture_logvars)
+        return (gamma * per_component).sum(dim=1) + (gamma * (log_gamma - log_pi)).sum(dim=1)
+
+    def kl_weight(self, epoch):
+        if epoch is None or self.kl_warmup <= 0:
+            return 1.0
+        return min(1.0, epoch / self.kl_warmup)
+
+    def loss(self, batch, epoch=None):
+        mean, logvar = self.posterior(self.input_dropout(batch.x))
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+        logits = self.decoder(z) + batch.depth
+        reconstruction = F.binary_cross_entropy_with_logits(logits, batch.target, reduction="sum") / batch.x.shape[0]
+        kl = self.kl(mean, logvar, z).mean()
+        weight = self.kl_weight(epoch)
+        return {"loss": reconstruction + weight * kl, "reconstruction": reconstruction, "kl": kl,
+                "kl_weight": torch.tensor(weight)}
+
+    @torch.no_grad()
+    def fit_mixture(self, means: np.ndarray, seed: int):
+        """Initialise the mixture prior from a diagonal GaussianMixture fit on posterior means."""
+        from sklearn.mixture import GaussianMixture
+
+        n_components = self.mixture_logits.shape[0]
+        gmm = GaussianMixture(n_components=min(n_components, len(means)), covariance_type="diag",
+                              random_state=seed, reg_covar=1e-4).fit(means)
+        k = gmm.weights_.shape[0]
+        device = self.mixture_means.device
+        # Components beyond the number of cells (a tiny input) keep a negligible weight.
+        weights = np.full(n_components, 1e-6)
+        weights[:k] = gmm.weights_
+        self.mixture_logits.copy_(torch.as_tensor(np.log(weights / weights.sum()), dtype=torch.float32, device=device))
+        self.mixture_means[:k] = torch.as_tensor(gmm.means_, dtype=torch.float32, device=device)
+        self.mixture_logvars[:k] = torch.as_tensor(np.log(gmm.covariances_), dtype=torch.float32, device=device)
+        self.mixture_ready.fill_(True)
+
+
+def build_parser():
+    parser = common.method_parser(
+        METHOD,
+        "Variational autoencoder (Gaussian-mixture prior as SCALE, or standard normal): "
+        "features of scATAC-seq cells, UMAP, K-means clusters and scores.",
+        [("epochs", "passes over the data")],
+    )
+    group = parser.add_argument_group("model")
+    group.add_argument("--prior", choices=PRIORS, default="gmm",
+                       help="gmm: learnable Gaussian mixture, SCALE's model; normal: N(0, I) (default gmm)")
+    group.add_argument("--n-components", type=int, default=None,
+                       help=f"mixture components of the gmm prior (default: the number of label types, else --n-clusters, else {DEFAULT_COMPONENTS_WITHOUT_LABELS})")
+    group.add_argument("--kl-warmup", type=int, default=10,
+                       help="epochs over which the KL weight rises from 0 to 1; the gmm prior is fit to the codes when it ends (default 10)")
+    group.add_argument("--hidden-dims", type=int, nargs="+", default=[512, 128], help="hidden layer sizes of the encoder (default 512 128)")
+    group.add_argument("--input-dropout", type=float, default=0.2, help="dropout on the input peaks (default 0.2)")
+    group.add_argument("--dropout", type=float, default=0.1, help="dropout between hidden layers (default 0.1)")
+    group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    common.add_training_arguments(parser)
+    common.add_data_arguments(parser)
+    return parser
+
+
+def validate(args):
+    if not 0 <= args.input_dropout < 1:
+        common.fail("--input-dropout", f"must be in [0, 1), got {args.input_dropout}")
+    if not 0 <= args.dropout < 1:
+        common.fail("--dropout", f"must be in [0, 1), got {args.dropout}")
+    if any(h < 1 for h in args.hidden_dims):
+        common.fail("--hidden-dims", f"sizes must be at least 1, got {args.hidden_dims}")
+    if args.n_components is not None and args.n_components < 1:
+        common.fail("--n-components", f"must be at least 1, got {args.n_components}")
+    if args.kl_warmup < 0:
+        common.fail("--kl-warmup", f"must be 0 or more, got {args.kl_warmup}")
+
+
+def mixture_components(args) -> int:
+    if args.n_components is not None:
+        return args.n_components
+    if getattr(args, "n_label_types", None):
+        return args.n_label_types
+    return args.n_clusters or DEFAULT_COMPONENTS_WITHOUT_LABELS
+
+
+def fit(data: common.TrainData, args, device) -> common.FitResult:
+    """Train a VariationalAutoEncoder on `data`; features are the posterior means."""
+    config = dict(n_peaks=data.n_peaks, latent_dim=args.latent_dim, hidden_dims=tuple(args.hidden_dims),
+                  input_dropout=args.input_dropout, dropout=args.dropout, prior=args.prior,
+                  n_components=mixture_components(args), kl_warmup=args.kl_warmup)
+    model = VariationalAutoEncoder(**config).to(device)
+    init_epoch = min(max(args.kl_warmup, 1), args.epochs)
+
+    def fit_mixture_when_warm(epoch, record):
+        if args.prior == "gmm" and epoch == init_epoch:
+            model.fit_mixture(common.encode(model, data, device), args.seed)
+
+    history = common.train(model, data, args.epochs, args.batch_size, args.lr, device, args.seed,
+                           weight_decay=args.weight_decay, phase="train", epoch_callback=fit_mixture_when_warm)
+    latent = common.encode(model, data, device)
+    return common.FitResult(latent=latent, model=model, model_config=config, history=history,
+                            extra_uns={"prior": args.prior, "n_components": config["n_components"]})
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    validate(args)
+    return common.run_method(METHOD, fit, args, epochs_names=["epochs"])
+
+
+if __name__ == "__main__":
+    common.run_cli(main)
