@@ -50,7 +50,7 @@ class SparseAutoEncoder(nn.Module):
         return torch.sigmoid(self.encoder(x))
 
     def embed(self, batch):
-        return self.code(batch.x)
+        return self.encoder(batch.x)
 
     def loss(self, batch, epoch=None):
         code = self.code(self.input_dropout(batch.x))
