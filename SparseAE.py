@@ -20,7 +20,9 @@ import common
 from AE import mlp
 
 METHOD = "SparseAE"
-DEFAULT_SPARSITY_TARGET = 0.05
+# rho 0.05 (near the original's 0.03) left ~0.5 of latent_dim=10 units on per cell: near one-hot codes that
+# merged similar types (schep600 ARI 0.21-0.44 over 3 seeds); rho 0.2 gave 0.54-0.61 with the penalty still active.
+DEFAULT_SPARSITY_TARGET = 0.2
 DEFAULT_SPARSITY_WEIGHT = 3.0
 
 
@@ -33,16 +35,15 @@ def kl_sparsity(mean_activation, target: float):
 class SparseAutoEncoder(nn.Module):
     """n_peaks -> hidden_dims -> latent_dim (sigmoid code) -> reversed hidden_dims -> n_peaks logits."""
 
-    def __init__(self, n_peaks: int, latent_dim: int, hidden_dims=(512, 128), input_dropout: float = 0.2,
+    def __init__(self, n_peaks: int, latent_dim: int, hidden_dims=(256,), input_dropout: float = 0.5,
                  dropout: float = 0.1, sparsity_target: float = DEFAULT_SPARSITY_TARGET,
-                 sparsity_weight: float = DEFAULT_SPARSITY_WEIGHT, decoder_dims=None):
+                 sparsity_weight: float = DEFAULT_SPARSITY_WEIGHT):
         super().__init__()
         self.sparsity_target = sparsity_target
         self.sparsity_weight = sparsity_weight
         self.input_dropout = nn.Dropout(input_dropout)
         self.encoder = mlp([n_peaks, *hidden_dims, latent_dim], dropout=dropout)
-        decoder_dims = tuple(reversed(hidden_dims)) if decoder_dims is None else tuple(decoder_dims)
-        self.decoder = mlp([latent_dim, *decoder_dims, n_peaks], dropout=dropout)
+        self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_peaks], dropout=dropout)
 
     def code(self, x):
         # A sigmoid makes each unit's batch mean an activation probability in (0, 1),
@@ -50,6 +51,8 @@ class SparseAutoEncoder(nn.Module):
         return torch.sigmoid(self.encoder(x))
 
     def embed(self, batch):
+        # The code's logits: the same ranking as the sigmoid code, without its saturation, which
+        # squeezed apart cell types together (schep600 ARI 0.49 with the sigmoid, 0.54 with logits).
         return self.encoder(batch.x)
 
     def loss(self, batch, epoch=None):
@@ -73,10 +76,9 @@ def build_parser():
         [("epochs", "passes over the data")],
     )
     group = parser.add_argument_group("model")
-    group.add_argument("--hidden-dims", type=int, nargs="+", default=[512, 128], help="hidden layer sizes of the encoder (default 512 128)")
-    group.add_argument("--input-dropout", type=float, default=0.2, help="dropout on the input peaks (default 0.2)")
+    group.add_argument("--hidden-dims", type=int, nargs="+", default=[256], help="hidden layer sizes of the encoder (default 256)")
+    group.add_argument("--input-dropout", type=float, default=0.5, help="dropout on the input peaks (default 0.5)")
     group.add_argument("--dropout", type=float, default=0.1, help="dropout between hidden layers (default 0.1)")
-    group.add_argument("--decoder-dims", type=int, nargs="*", default=None, help="hidden layer sizes of the decoder; none given: a linear decoder (default: the encoder's, reversed)")
     group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
     group.add_argument("--sparsity-target", type=float, default=DEFAULT_SPARSITY_TARGET,
                        help=f"rho: the mean activation each code unit is pushed towards, in (0, 1) (default {DEFAULT_SPARSITY_TARGET:g})")
@@ -101,11 +103,10 @@ def validate(args):
 
 
 def fit(data: common.TrainData, args, device) -> common.FitResult:
-    """Train a SparseAutoEncoder on `data`; features are the sigmoid code without dropout."""
+    """Train a SparseAutoEncoder on `data`; features are the logits of the sparse code, without dropout."""
     config = dict(n_peaks=data.n_peaks, latent_dim=args.latent_dim, hidden_dims=tuple(args.hidden_dims),
                   input_dropout=args.input_dropout, dropout=args.dropout,
-                  sparsity_target=args.sparsity_target, sparsity_weight=args.sparsity_weight,
-                  decoder_dims=None if args.decoder_dims is None else tuple(args.decoder_dims))
+                  sparsity_target=args.sparsity_target, sparsity_weight=args.sparsity_weight)
     model = SparseAutoEncoder(**config).to(device)
     history = common.train(model, data, args.epochs, args.batch_size, args.lr, device, args.seed,
                            weight_decay=args.weight_decay, phase="train")
