@@ -617,6 +617,10 @@ def iterate_batches(n_cells: int, batch_size: int, rng: np.random.Generator | No
         yield order[start : start + batch_size]
 
 
+# compare.py runs many trainings under its own progress bar; their epoch bars then vanish when done
+NESTED_PROGRESS = False
+
+
 class TrainingFailed(RuntimeError):
     """Raised when a loss turns NaN or infinite; compare.py reports it per method."""
 
@@ -650,7 +654,8 @@ def train(
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
     history = []
-    bar = tqdm(range(1, epochs + 1), desc=phase, unit="epoch", disable=not progress, file=sys.stderr, leave=True)
+    bar = tqdm(range(1, epochs + 1), desc=phase, unit="epoch", disable=not progress, file=sys.stderr,
+               leave=not NESTED_PROGRESS)
     model.to(device)
     for epoch in bar:
         model.train()
@@ -979,6 +984,7 @@ def export_results(
     n_init: int = 10,
     umap: bool = True,
     quiet: bool = False,
+    evaluation: tuple | None = None,
 ) -> dict:
     """Write feature.txt, clusters, scores, confusion matrix, UMAP, loss, result.h5ad and run.json.
 
@@ -998,7 +1004,8 @@ def export_results(
     if history:
         write_loss(outdir, history, method)
 
-    clusters, scores, confusion = evaluate(latent, labels, n_clusters, seed, n_init=n_init)
+    # compare.py has already clustered and scored; reuse that rather than cluster twice
+    clusters, scores, confusion = evaluation or evaluate(latent, labels, n_clusters, seed, n_init=n_init)
     timings["cluster_and_score_s"] = time.perf_counter() - started
     header = ["barcode", "cluster"] + (["label"] if labels is not None else [])
     write_table(
@@ -1353,6 +1360,59 @@ def write_10x_folder(folder, X: sp.csr_matrix, barcodes, peaks, labels=None):
     write_text(folder / "barcodes.txt", "\n".join(barcodes) + "\n")
     if labels is not None:
         write_text(folder / "labels.txt", "".join(f"{b}\t{l}\n" for b, l in zip(barcodes, labels)))
+
+
+# --------------------------------------------------------------------------
+# Resource measurement
+# --------------------------------------------------------------------------
+class PeakMemory:
+    """Peak resident memory of this whole process while the block runs, sampled every `interval` s.
+
+    `peak_mb` is the highest RSS seen (MiB); on CUDA `gpu_peak_mb` is torch's peak allocation.
+    """
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.peak_mb = float("nan")
+        self.gpu_peak_mb = None
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self._process = psutil.Process()
+        self._peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(self.interval):
+                self._peak = max(self._peak, self._process.memory_info().rss)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+        except ImportError:
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._process.memory_info().rss)
+        self.peak_mb = self._peak / 2**20
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                self.gpu_peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        except ImportError:
+            pass
+        return False
 
 
 # --------------------------------------------------------------------------
