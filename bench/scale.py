@@ -1,0 +1,379 @@
+"""bench/scale.py: time and memory of each method as the matrix grows (issue 7, "Scale and speed").
+
+    python bench/scale.py [--sizes 10000x100000,50000x100000,100000x100000] [--methods AE,NMF,...]
+                          [--epochs 1] [--max-batches 0] [--umap] [--out scale.tsv] [--quick]
+
+For each size the project's simulator (common.simulate_atac: binary-ish counts, about 2%
+non-zero, several cell types) makes one CSR matrix, written once to an .h5ad in a temporary
+folder. Each method then runs in its own child process (so one method's memory does not
+pollute the next) through the same code compare.py uses (compare.fit_method):
+common.load_matrix -> common.filter_dataset -> fit -> common.evaluate (K-means + scores),
+and optionally common.run_umap. Columns:
+
+  load_s        common.load_matrix on the .h5ad
+  epoch_s       seconds per training epoch (neural: train() wall time / epochs; with --max-batches N
+                only N batches per epoch are run and the time is scaled to a full epoch, marked
+                "~" in epoch_note; NMF/LSNMF: seconds per iteration)
+  total_s       load + filter + fit (incl. transform, encode) + K-means + scores (+ UMAP with --umap)
+  peak_rss_mb   ru_maxrss of the child process (its whole life: imports, load, fit, scores)
+  base_rss_mb   RSS of the child right after imports, before loading (part of peak_rss_mb)
+  csr_mb        data + indices + indptr bytes of the simulated (unfiltered) CSR matrix
+  mem_ratio     peak_rss_mb / csr_mb
+  within_budget peak RSS <= 3 x CSR + 1 GiB
+  mm_efficiency (AE only) multiply-adds per second of the AE's Linear layers over a training epoch,
+                divided by what plain torch.mm reaches on the same shapes (forward, grad-input and
+                grad-weight products at the training batch size)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+NEURAL = ("AE", "SparseAE", "StackedAE", "VAE")
+ALL_METHODS = NEURAL + ("NMF", "LSNMF", "LSI")
+DEFAULT_SIZES = "10000x100000,50000x100000,100000x100000"
+QUICK_SIZES = "2000x5000,4000x5000"
+COLUMNS = ["n_cells", "n_peaks", "method", "cells_kept", "peaks_kept", "nnz", "csr_mb", "load_s", "filter_s", "fit_s",
+           "epochs", "epoch_s", "epoch_note", "eval_s", "umap_s", "total_s", "base_rss_mb", "peak_rss_mb", "mem_ratio",
+           "within_budget", "mm_gflops", "achieved_gflops", "mm_efficiency", "ARI", "status"]
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def maxrss_mb() -> float:
+    # Linux reports ru_maxrss in KiB (macOS in bytes)
+    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return value / 2**20 if sys.platform == "darwin" else value / 1024
+
+
+# --------------------------------------------------------------------------
+# Child: one method on one matrix
+# --------------------------------------------------------------------------
+def linear_flops_per_cell(model) -> tuple[float, list]:
+    """Training FLOPs per cell of the model's nn.Linear layers, and their (in, out) shapes.
+
+    Per cell and layer: forward 2*in*out, grad-weight 2*in*out, grad-input 2*in*out
+    (not needed for the first layer, whose input is data).
+    """
+    import torch.nn as nn
+
+    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    total = 0.0
+    for i, (n_in, n_out) in enumerate(shapes):
+        total += 2 * n_in * n_out * (2 if i == 0 else 3)
+    return total, shapes
+
+
+def mm_reference_gflops(shapes, batch_size: int, repeats: int = 3) -> float:
+    """GFLOP/s of plain torch.mm doing one training step's products of `shapes` at `batch_size`."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    flops, elapsed = 0.0, float("inf")
+    tensors = []
+    for i, (n_in, n_out) in enumerate(shapes):
+        x = torch.rand(batch_size, n_in, generator=gen)
+        w = torch.rand(n_in, n_out, generator=gen)
+        g = torch.rand(batch_size, n_out, generator=gen)
+        tensors.append((i, x, w, g))
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step_flops = 0.0
+        for i, x, w, g in tensors:
+            torch.mm(x, w)  # forward
+            torch.mm(x.t(), g)  # grad weight
+            step_flops += 4 * x.shape[0] * x.shape[1] * w.shape[1]
+            if i > 0:
+                torch.mm(g, w.t())  # grad input
+                step_flops += 2 * x.shape[0] * x.shape[1] * w.shape[1]
+        elapsed = min(elapsed, time.perf_counter() - started)
+        flops = step_flops
+    return flops / elapsed / 1e9
+
+
+def child(spec: dict) -> dict:
+    base_rss = rss_mb()
+    import numpy as np
+
+    import common
+    import compare
+
+    if spec.get("threads"):
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+    common.NESTED_PROGRESS = True
+    out = {"status": "ok"}
+    base_rss = max(base_rss, rss_mb())
+    out["base_rss_mb"] = base_rss
+    method = spec["method"]
+
+    # train() wall time and epochs, whichever method script calls it
+    train_log = []
+    original_train = common.train
+
+    def timed_train(model, data, epochs, batch_size, *args, **kwargs):
+        started = time.perf_counter()
+        history = original_train(model, data, epochs, batch_size, *args, **kwargs, progress=False) \
+            if "progress" not in kwargs else original_train(model, data, epochs, batch_size, *args, **kwargs)
+        train_log.append({"seconds": time.perf_counter() - started, "epochs": epochs, "batch_size": batch_size,
+                          "n_cells": data.n_cells, "model": model})
+        return history
+
+    common.train = timed_train
+    max_batches = spec.get("max_batches") or 0
+    if max_batches:
+        original_iterate = common.iterate_batches
+
+        def limited(n_cells, batch_size, rng):
+            for i, rows in enumerate(original_iterate(n_cells, batch_size, rng)):
+                if i >= max_batches and rng is not None:  # training only; encode (rng None) sees every cell
+                    return
+                yield rows
+
+        common.iterate_batches = limited
+
+    t0 = time.perf_counter()
+    dataset = common.load_matrix(spec["path"])
+    common.attach_labels(dataset, label_key="label")
+    out["load_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    dataset = common.filter_dataset(dataset)
+    out["filter_s"] = time.perf_counter() - t1
+    out["cells_kept"], out["peaks_kept"] = dataset.n_cells, dataset.n_peaks
+
+    device = common.select_device(spec.get("device", "cpu"))
+    options = {"epochs": {m: (spec["epochs"], spec["epochs"]) if m == "StackedAE" else spec["epochs"] for m in NEURAL},
+               "max_iter": {"NMF": spec["nmf_max_iter"], "LSNMF": spec["lsnmf_max_iter"]}}
+    t2 = time.perf_counter()
+    fit = compare.fit_method(method, dataset, spec["latent_dim"], 0, device, options)
+    out["fit_s"] = time.perf_counter() - t2
+    latent = np.asarray(fit.latent, dtype=np.float32)
+
+    if train_log:
+        epochs = sum(r["epochs"] for r in train_log)
+        seconds = sum(r["seconds"] for r in train_log)
+        out["epochs"] = epochs
+        # one epoch of each train() call (StackedAE: each stage), each scaled to a full epoch
+        per_epoch, limited_any = 0.0, False
+        for r in train_log:
+            n_full = math.ceil(r["n_cells"] / r["batch_size"])
+            run = min(max_batches, n_full) if max_batches else n_full
+            limited_any |= run < n_full
+            per_epoch += r["seconds"] / r["epochs"] * n_full / run
+        out["epoch_s"] = per_epoch
+        out["epoch_note"] = f"~{max_batches}b" if limited_any else "full"
+        if method == "StackedAE":
+            out["epoch_note"] += "(sum of stages)"
+        if method == "AE":
+            r = train_log[0]
+            flops_per_cell, shapes = linear_flops_per_cell(r["model"])
+            cells = r["n_cells"] if not max_batches else min(r["n_cells"], max_batches * r["batch_size"])
+            achieved = flops_per_cell * cells * r["epochs"] / r["seconds"] / 1e9
+            reference = mm_reference_gflops(shapes, r["batch_size"])
+            out["achieved_gflops"], out["mm_gflops"] = achieved, reference
+            out["mm_efficiency"] = achieved / reference
+    elif method in ("NMF", "LSNMF"):
+        details = (fit.extra_uns or {}).get("factorization", {})
+        n_iter = max(int(details.get("n_iter", 0) or 0), 1)
+        out["epochs"] = n_iter
+        out["epoch_s"] = details.get("fit_s", out["fit_s"]) / n_iter
+        out["epoch_note"] = "per iteration"
+
+    t3 = time.perf_counter()
+    _, scores, _ = common.evaluate(latent, dataset.labels, None, 0, n_init=spec["n_init"])
+    out["eval_s"] = time.perf_counter() - t3
+    out["ARI"] = scores.get("ARI", float("nan"))
+    if spec.get("umap"):
+        t4 = time.perf_counter()
+        common.run_umap(latent, 0)
+        out["umap_s"] = time.perf_counter() - t4
+    out["total_s"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = maxrss_mb()
+    return out
+
+
+# --------------------------------------------------------------------------
+# Parent: simulate, write, run each method in a child
+# --------------------------------------------------------------------------
+def parse_sizes(text: str) -> list:
+    sizes = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        cells, _, peaks = item.partition("x")
+        try:
+            sizes.append((int(cells), int(peaks)))
+        except ValueError:
+            raise SystemExit(f"scale.py: bad size {item!r}; expected CELLSxPEAKS, e.g. 10000x100000")
+    return sizes
+
+
+def parse_methods(text: str) -> list:
+    by_lower = {m.lower(): m for m in ALL_METHODS}
+    wanted = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in wanted if m.lower() not in by_lower]
+    if unknown:
+        raise SystemExit(f"scale.py: unknown method(s) {', '.join(unknown)}; allowed: {', '.join(ALL_METHODS)}")
+    return [by_lower[m.lower()] for m in wanted]
+
+
+def simulate_to_h5ad(n_cells, n_peaks, density, n_types, folder: Path, seed=0):
+    import anndata
+    import numpy as np
+    import pandas as pd
+
+    import common
+
+    started = time.perf_counter()
+    X, labels, barcodes, peaks = common.simulate_atac(n_cells, n_peaks, n_types=n_types, density=density, seed=seed)
+    sim_s = time.perf_counter() - started
+    csr_bytes = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+    nnz = int(X.nnz)
+    path = folder / f"sim_{n_cells}x{n_peaks}.h5ad"
+    adata = anndata.AnnData(X=X, obs=pd.DataFrame({"label": labels}, index=barcodes), var=pd.DataFrame(index=peaks))
+    adata.write_h5ad(path)
+    del adata, X
+    return path, {"nnz": nnz, "csr_mb": csr_bytes / 2**20, "density": nnz / (n_cells * n_peaks), "simulate_s": sim_s}
+
+
+def run_child(spec: dict, timeout: float | None):
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(spec, handle)
+        spec_path = handle.name
+    result_path = spec_path + ".out"
+    try:
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", spec_path, result_path],
+                              capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0 or not os.path.exists(result_path):
+            tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+            return {"status": f"failed: {tail[0][:160]}"}
+        with open(result_path) as handle:
+            return json.load(handle)
+    except subprocess.TimeoutExpired:
+        return {"status": f"timeout after {timeout:g} s"}
+    finally:
+        for p in (spec_path, result_path):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def render(rows) -> str:
+    cells = [[fmt(r.get(c)) for c in COLUMNS] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def write_tsv(path, rows):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write("\t".join(COLUMNS) + "\n")
+        for r in rows:
+            handle.write("\t".join(fmt(r.get(c)) for c in COLUMNS) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--child"]:
+        spec = json.loads(Path(argv[1]).read_text())
+        result = child(spec)
+        Path(argv[2]).write_text(json.dumps(result))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default=None, help=f"comma-separated CELLSxPEAKS (default {DEFAULT_SIZES})")
+    parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"subset of {','.join(ALL_METHODS)} (default all)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small run (sizes {QUICK_SIZES}, 1 epoch of 8 batches, few iterations): a few minutes on 2 cores")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs of each neural method (default 1; StackedAE: per stage)")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="train only this many batches per epoch and scale the time to a full epoch "
+                             "(default 0: full epochs; quick 8)")
+    parser.add_argument("--nmf-max-iter", type=int, default=None, help="NMF iterations (default 50; quick 20)")
+    parser.add_argument("--lsnmf-max-iter", type=int, default=None, help="LSNMF iterations (default 10; quick 5)")
+    parser.add_argument("--latent-dim", type=int, default=10)
+    parser.add_argument("--density", type=float, default=0.02, help="target fraction of non-zeros (default 0.02)")
+    parser.add_argument("--n-types", type=int, default=6, help="simulated cell types (default 6)")
+    parser.add_argument("--n-init", type=int, default=10, help="K-means restarts (default 10)")
+    parser.add_argument("--umap", action="store_true", help="also time common.run_umap")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in each child (default torch's choice)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per method run before giving up")
+    parser.add_argument("--tmpdir", default=None, help="where the simulated .h5ad files go (default a new temp folder)")
+    parser.add_argument("--out", default=None, help="also write the table here (tab-separated)")
+    args = parser.parse_args(argv)
+
+    sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
+    methods = parse_methods(args.methods)
+    epochs = args.epochs if args.epochs is not None else 1
+    max_batches = args.max_batches if args.max_batches is not None else (8 if args.quick else 0)
+    nmf_iter = args.nmf_max_iter if args.nmf_max_iter is not None else (20 if args.quick else 50)
+    lsnmf_iter = args.lsnmf_max_iter if args.lsnmf_max_iter is not None else (5 if args.quick else 10)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="scale_", dir=args.tmpdir) as tmp:
+        for n_cells, n_peaks in sizes:
+            print(f"scale: simulating {n_cells} x {n_peaks} ...", file=sys.stderr, flush=True)
+            path, meta = simulate_to_h5ad(n_cells, n_peaks, args.density, args.n_types, Path(tmp))
+            print(f"scale: {meta['nnz']} non-zeros ({meta['density']:.2%}), CSR {meta['csr_mb']:.1f} MiB, "
+                  f"simulated in {meta['simulate_s']:.1f} s", file=sys.stderr, flush=True)
+            for method in methods:
+                spec = {"path": str(path), "method": method, "epochs": epochs, "max_batches": max_batches,
+                        "nmf_max_iter": nmf_iter, "lsnmf_max_iter": lsnmf_iter, "latent_dim": args.latent_dim,
+                        "n_init": args.n_init, "umap": args.umap, "threads": args.threads, "device": args.device}
+                print(f"scale: {method} on {n_cells} x {n_peaks} ...", file=sys.stderr, flush=True)
+                result = run_child(spec, args.timeout)
+                row = {"n_cells": n_cells, "n_peaks": n_peaks, "method": method, "nnz": meta["nnz"],
+                       "csr_mb": meta["csr_mb"], **result}
+                if "peak_rss_mb" in row:
+                    row["mem_ratio"] = row["peak_rss_mb"] / meta["csr_mb"]
+                    row["within_budget"] = row["peak_rss_mb"] <= 3 * meta["csr_mb"] + 1024
+                rows.append(row)
+                print(render([row]).splitlines()[1], file=sys.stderr, flush=True)
+                if args.out:
+                    write_tsv(args.out, rows)  # partial table survives an interrupted run
+            os.unlink(path)
+    print(render(rows))
+    if args.out:
+        write_tsv(args.out, rows)
+        print(f"scale: table written to {args.out}", file=sys.stderr)
+    return 0 if all(r.get("status") == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""bench/scale.py --quick runs end to end and writes a parsable table (no timing assertions)."""
+import csv
+
+from conftest import run_script
+
+METHODS = ["AE", "NMF", "LSNMF"]
+
+
+def test_scale_quick_writes_table(tmp_path):
+    out = tmp_path / "scale.tsv"
+    proc = run_script("bench/scale.py", "--quick", "--methods", ",".join(METHODS), "--out", out,
+                      "--tmpdir", tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out) as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    expected = {"n_cells", "n_peaks", "method", "load_s", "epoch_s", "total_s", "peak_rss_mb", "csr_mb",
+                "mem_ratio", "mm_efficiency", "status"}
+    assert expected <= set(rows[0].keys())
+    assert [(r["n_cells"], r["n_peaks"], r["method"]) for r in rows] == [
+        (c, p, m) for c, p in (("2000", "5000"), ("4000", "5000")) for m in METHODS]
+    for r in rows:
+        assert r["status"] == "ok"
+        for key in ("load_s", "epoch_s", "total_s", "peak_rss_mb", "csr_mb", "mem_ratio"):
+            assert float(r[key]) > 0, (r["method"], key)
+    ae = [r for r in rows if r["method"] == "AE"]
+    assert all(float(r["mm_efficiency"]) > 0 for r in ae)
+    # the simulated matrices are the ~2% dense, sparse kind the benchmark is about
+    assert all(int(r["nnz"]) < 0.05 * int(r["n_cells"]) * int(r["n_peaks"]) for r in rows)
