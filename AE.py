@@ -37,7 +37,7 @@ class AutoEncoder(nn.Module):
     Input x: (batch, n_peaks) transformed accessibility; output logits (batch, n_peaks).
     """
 
-    def __init__(self, n_peaks: int, latent_dim: int, hidden_dims=(512, 128), input_dropout: float = 0.2, dropout: float = 0.1):
+    def __init__(self, n_peaks: int, latent_dim: int, hidden_dims=(512, 128), input_dropout: float = 0.8, dropout: float = 0.1):
         super().__init__()
         self.input_dropout = nn.Dropout(input_dropout)
         self.encoder = mlp([n_peaks, *hidden_dims, latent_dim], dropout=dropout)
@@ -67,7 +67,8 @@ def build_parser():
     )
     group = parser.add_argument_group("model")
     group.add_argument("--hidden-dims", type=int, nargs="+", default=[512, 128], help="hidden layer sizes of the encoder (default 512 128)")
-    group.add_argument("--input-dropout", type=float, default=0.2, help="dropout on the input peaks (default 0.2)")
+    group.add_argument("--input-dropout", type=float, default=0.8,
+                       help="dropout on the input peaks, a denoising autoencoder (default 0.8: measured best, see README)")
     group.add_argument("--dropout", type=float, default=0.1, help="dropout between hidden layers (default 0.1)")
     group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
     common.add_training_arguments(parser)

@@ -26,7 +26,7 @@ FACTORIZATIONS = ("NMF", "LSNMF")
 METHODS = NEURAL + FACTORIZATIONS
 REFERENCES = ("LSI", "SnapATAC2")
 # Epochs chosen by measurement on ../shared/data (see README); StackedAE: pretrain, finetune.
-DEFAULT_EPOCHS = {"AE": 100, "SparseAE": 100, "StackedAE": (30, 100), "VAE": 100}
+DEFAULT_EPOCHS = {"AE": 60, "SparseAE": 20, "StackedAE": (5, 20), "VAE": 30}
 DEFAULT_MAX_ITER = {"NMF": 400, "LSNMF": 50}
 SCORE_KEYS = ("ARI", "NMI", "F1", "silhouette")
 
