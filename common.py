@@ -161,8 +161,13 @@ def _read_mtx(path: Path) -> sp.csr_matrix:
     import scipy.io
 
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
-            matrix = scipy.io.mmread(handle)
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as handle:
+                matrix = scipy.io.mmread(handle)
+        else:
+            # by path, not an open file: fast_matrix_market aborts the process (C++ terminate)
+            # on a parse error in a plain file handle instead of raising ValueError
+            matrix = scipy.io.mmread(str(path))
     except (EOFError, gzip.BadGzipFile, ValueError, OSError, IndexError, TypeError, RuntimeError) as exc:
         fail(path, f"corrupt or truncated Matrix Market file ({exc.__class__.__name__}: {exc})")
     if not sp.issparse(matrix):
