@@ -96,7 +96,8 @@ class Dataset:
     def subset(self, cell_mask, peak_mask):
         cell_idx = np.flatnonzero(cell_mask)
         peak_idx = np.flatnonzero(peak_mask)
-        X = self.X[cell_idx][:, peak_idx].tocsr()
+        rows = self.X if cell_idx.size == self.X.shape[0] else self.X[cell_idx]  # no full copy when all cells stay
+        X = rows[:, peak_idx].tocsr()
         obs = self.obs.iloc[cell_idx] if self.obs is not None else None
         labels = self.labels[cell_idx] if self.labels is not None else None
         return Dataset(
@@ -423,7 +424,11 @@ def filter_dataset(
     high = as_count(max_cells_per_peak, n_cells)
     peak_mask = (cells_per_peak >= low) & (cells_per_peak <= high)
     peak_idx = np.flatnonzero(peak_mask)
-    peaks_per_cell = np.diff(X[:, peak_idx].indptr) if peak_idx.size else np.zeros(n_cells, int)
+    # open kept peaks per cell, counted without X[:, peak_idx]'s copy of the matrix
+    kept_so_far = np.zeros(X.nnz + 1, dtype=np.int32 if X.nnz < 2**31 else np.int64)
+    np.cumsum(peak_mask[X.indices], out=kept_so_far[1:])
+    peaks_per_cell = (kept_so_far[X.indptr[1:]] - kept_so_far[X.indptr[:-1]]).astype(np.int64)
+    del kept_so_far
     cell_mask = peaks_per_cell >= as_count(min_peaks_per_cell, max(peak_idx.size, 1))
     if cell_mask.sum() == 0 or peak_mask.sum() == 0:
         fail(
@@ -432,7 +437,7 @@ def filter_dataset(
             f"{n_cells} x {n_peaks}); lower --min-cells-per-peak / --min-peaks-per-cell",
         )
     # peaks that only the dropped cells opened carry nothing
-    still_open = np.bincount(X[np.flatnonzero(cell_mask)].indices, minlength=n_peaks) > 0
+    still_open = np.bincount(X.indices[np.repeat(cell_mask, np.diff(X.indptr))], minlength=n_peaks) > 0
     n_rare = int((cells_per_peak < low).sum())
     n_common = int((cells_per_peak > high).sum())
     peak_mask &= still_open
@@ -459,7 +464,12 @@ def filter_dataset(
 
 
 def binarize(X: sp.csr_matrix) -> sp.csr_matrix:
-    B = X.copy()
+    """1 where X is non-zero. A canonical X (what load_matrix gives) shares its indices and indptr
+    with the result instead of copying them: TrainData's inputs and targets then cost only their
+    data arrays (half a CSR copy each), which matters at 100k x 100k (bench/scale.py)."""
+    if X.format == "csr" and X.has_canonical_format:
+        return sp.csr_matrix((np.ones(X.nnz, dtype=np.float32), X.indices, X.indptr), shape=X.shape, copy=False)
+    B = sp.csr_matrix(X, copy=True)
     B.data = np.ones_like(B.data, dtype=np.float32)
     return B
 
@@ -474,12 +484,24 @@ def tfidf(X: sp.csr_matrix, l2_normalize: bool = True) -> sp.csr_matrix:
     depth = np.asarray(B.sum(axis=1)).ravel()
     df = np.bincount(B.indices, minlength=B.shape[1]).astype(np.float64)
     idf = n_cells / np.maximum(df, 1)
-    row_of = np.repeat(np.arange(n_cells), np.diff(B.indptr))
-    B.data = np.log1p(1e4 * idf[B.indices] / depth[row_of]).astype(np.float32)
+    # in row blocks: the float64 temporaries per non-zero were ~4 CSR copies at once on a large matrix
+    data = np.empty(B.nnz, dtype=np.float32)
+    block_rows = max(1, int(TFIDF_BLOCK_NNZ * n_cells / max(B.nnz, 1)))  # about TFIDF_BLOCK_NNZ non-zeros each
+    for start in range(0, n_cells, block_rows):
+        stop = min(start + block_rows, n_cells)
+        lo, hi = B.indptr[start], B.indptr[stop]
+        row_of = np.repeat(np.arange(start, stop), np.diff(B.indptr[start : stop + 1]))
+        data[lo:hi] = np.log1p(1e4 * idf[B.indices[lo:hi]] / depth[row_of])
+    B = sp.csr_matrix((data, B.indices, B.indptr), shape=B.shape, copy=False)
     if l2_normalize:
-        norms = np.sqrt(np.asarray(B.multiply(B).sum(axis=1)).ravel())
-        B.data /= np.repeat(np.maximum(norms, 1e-12), np.diff(B.indptr)).astype(np.float32)
+        squares = sp.csr_matrix((data * data, B.indices, B.indptr), shape=B.shape, copy=False)
+        norms = np.sqrt(np.asarray(squares.sum(axis=1)).ravel())
+        del squares
+        B.data /= np.repeat(np.maximum(norms, 1e-12), np.diff(B.indptr)).astype(np.float32, copy=False)
     return B
+
+
+TFIDF_BLOCK_NNZ = 1 << 21
 
 
 def transform(X: sp.csr_matrix, kind: str) -> sp.csr_matrix:
