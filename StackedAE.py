@@ -28,7 +28,7 @@ class StackedAutoEncoder(nn.Module):
     the encoder layer whose output they rebuild.
     """
 
-    def __init__(self, n_peaks: int, latent_dim: int, hidden_dims=(512, 128), input_dropout: float = 0.2, dropout: float = 0.1):
+    def __init__(self, n_peaks: int, latent_dim: int, hidden_dims=(512, 128), input_dropout: float = 0.8, dropout: float = 0.1):
         super().__init__()
         sizes = [n_peaks, *hidden_dims, latent_dim]
         self.n_layers = len(sizes) - 1
@@ -110,7 +110,8 @@ def build_parser():
     group = parser.add_argument_group("model")
     group.add_argument("--hidden-dims", type=int, nargs="+", default=[512, 128],
                        help="hidden layer sizes of the stack, input side first; the last layer is latent_dim (default 512 128)")
-    group.add_argument("--input-dropout", type=float, default=0.2, help="dropout on the input peaks (default 0.2)")
+    group.add_argument("--input-dropout", type=float, default=0.8,
+                       help="dropout on the input peaks, denoising as AE (default 0.8: ARI 0.60 vs 0.54 on hemato600)")
     group.add_argument("--dropout", type=float, default=0.1, help="dropout after each hidden layer (default 0.1)")
     group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
     common.add_training_arguments(parser)
