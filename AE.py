@@ -66,23 +66,15 @@ def build_parser():
         [("epochs", "passes over the data (the original suite counted mini-batches under this name)")],
     )
     group = parser.add_argument_group("model")
-    group.add_argument("--hidden-dims", type=int, nargs="+", default=[512, 128], help="hidden layer sizes of the encoder (default 512 128)")
-    group.add_argument("--input-dropout", type=float, default=0.8,
-                       help="dropout on the input peaks, a denoising autoencoder (default 0.8: measured best, see README)")
-    group.add_argument("--dropout", type=float, default=0.1, help="dropout between hidden layers (default 0.1)")
-    group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    common.add_network_arguments(group, hidden_dims=(512, 128), input_dropout=0.8,
+                                 input_dropout_help="dropout on the input peaks, a denoising autoencoder (default 0.8: measured best, see README)")
     common.add_training_arguments(parser)
     common.add_data_arguments(parser)
     return parser
 
 
 def validate(args):
-    if not 0 <= args.input_dropout < 1:
-        common.fail("--input-dropout", f"must be in [0, 1), got {args.input_dropout}")
-    if not 0 <= args.dropout < 1:
-        common.fail("--dropout", f"must be in [0, 1), got {args.dropout}")
-    if any(h < 1 for h in args.hidden_dims):
-        common.fail("--hidden-dims", f"sizes must be at least 1, got {args.hidden_dims}")
+    common.validate_network_args(args)
 
 
 def fit(data: common.TrainData, args, device) -> common.FitResult:

@@ -76,10 +76,7 @@ def build_parser():
         [("epochs", "passes over the data")],
     )
     group = parser.add_argument_group("model")
-    group.add_argument("--hidden-dims", type=int, nargs="+", default=[256], help="hidden layer sizes of the encoder (default 256)")
-    group.add_argument("--input-dropout", type=float, default=0.5, help="dropout on the input peaks (default 0.5)")
-    group.add_argument("--dropout", type=float, default=0.1, help="dropout between hidden layers (default 0.1)")
-    group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    common.add_network_arguments(group, hidden_dims=(256,), input_dropout=0.5)
     group.add_argument("--sparsity-target", type=float, default=DEFAULT_SPARSITY_TARGET,
                        help=f"rho: the mean activation each code unit is pushed towards, in (0, 1) (default {DEFAULT_SPARSITY_TARGET:g})")
     group.add_argument("--sparsity-weight", type=float, default=DEFAULT_SPARSITY_WEIGHT,
@@ -90,12 +87,7 @@ def build_parser():
 
 
 def validate(args):
-    if not 0 <= args.input_dropout < 1:
-        common.fail("--input-dropout", f"must be in [0, 1), got {args.input_dropout}")
-    if not 0 <= args.dropout < 1:
-        common.fail("--dropout", f"must be in [0, 1), got {args.dropout}")
-    if any(h < 1 for h in args.hidden_dims):
-        common.fail("--hidden-dims", f"sizes must be at least 1, got {args.hidden_dims}")
+    common.validate_network_args(args)
     if not 0 < args.sparsity_target < 1:
         common.fail("--sparsity-target", f"must be in (0, 1), got {args.sparsity_target}")
     if not (args.sparsity_weight >= 0 and args.sparsity_weight < float("inf")):

@@ -108,24 +108,17 @@ def build_parser():
          ("finetune_epochs", "passes over the data for fine-tuning the whole stack")],
     )
     group = parser.add_argument_group("model")
-    group.add_argument("--hidden-dims", type=int, nargs="+", default=[512, 128],
-                       help="hidden layer sizes of the stack, input side first; the last layer is latent_dim (default 512 128)")
-    group.add_argument("--input-dropout", type=float, default=0.8,
-                       help="dropout on the input peaks, denoising as AE (default 0.8: ARI 0.60 vs 0.54 on hemato600)")
-    group.add_argument("--dropout", type=float, default=0.1, help="dropout after each hidden layer (default 0.1)")
-    group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    common.add_network_arguments(
+        group, hidden_dims=(512, 128), input_dropout=0.8,
+        hidden_help="hidden layer sizes of the stack, input side first; the last layer is latent_dim (default 512 128)",
+        input_dropout_help="dropout on the input peaks, denoising as AE (default 0.8: ARI 0.60 vs 0.54 on hemato600)")
     common.add_training_arguments(parser)
     common.add_data_arguments(parser)
     return parser
 
 
 def validate(args):
-    if not 0 <= args.input_dropout < 1:
-        common.fail("--input-dropout", f"must be in [0, 1), got {args.input_dropout}")
-    if not 0 <= args.dropout < 1:
-        common.fail("--dropout", f"must be in [0, 1), got {args.dropout}")
-    if any(h < 1 for h in args.hidden_dims):
-        common.fail("--hidden-dims", f"sizes must be at least 1, got {args.hidden_dims}")
+    common.validate_network_args(args)
 
 
 def fit(data: common.TrainData, args, device) -> common.FitResult:

@@ -129,22 +129,14 @@ def build_parser():
     group.add_argument("--kl-warmup", type=int, default=10,
                        help="epochs over which the KL weight rises from 0 to 1; the gmm prior is fit to the codes when it ends (default 10)")
     # One hidden layer and heavy input dropout: with 512 128 the posterior collapsed on some seeds (schep600 ARI 0.16)
-    group.add_argument("--hidden-dims", type=int, nargs="+", default=[256], help="hidden layer sizes of the encoder (default 256)")
-    group.add_argument("--input-dropout", type=float, default=0.5, help="dropout on the input peaks (default 0.5)")
-    group.add_argument("--dropout", type=float, default=0.1, help="dropout between hidden layers (default 0.1)")
-    group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    common.add_network_arguments(group, hidden_dims=(256,), input_dropout=0.5)
     common.add_training_arguments(parser)
     common.add_data_arguments(parser)
     return parser
 
 
 def validate(args):
-    if not 0 <= args.input_dropout < 1:
-        common.fail("--input-dropout", f"must be in [0, 1), got {args.input_dropout}")
-    if not 0 <= args.dropout < 1:
-        common.fail("--dropout", f"must be in [0, 1), got {args.dropout}")
-    if any(h < 1 for h in args.hidden_dims):
-        common.fail("--hidden-dims", f"sizes must be at least 1, got {args.hidden_dims}")
+    common.validate_network_args(args)
     if args.n_components is not None and args.n_components < 1:
         common.fail("--n-components", f"must be at least 1, got {args.n_components}")
     if args.kl_warmup < 0:

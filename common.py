@@ -1168,6 +1168,29 @@ def add_training_arguments(parser, batch_size=64, lr=1e-3):
     group.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default {lr:g})")
 
 
+def add_network_arguments(group, hidden_dims, input_dropout: float, hidden_help: str | None = None,
+                          input_dropout_help: str | None = None):
+    """--hidden-dims, --input-dropout, --dropout, --weight-decay: the options every autoencoder has."""
+    dims = " ".join(map(str, hidden_dims))
+    group.add_argument("--hidden-dims", type=int, nargs="+", default=list(hidden_dims),
+                       help=hidden_help or f"hidden layer sizes of the encoder (default {dims})")
+    group.add_argument("--input-dropout", type=float, default=input_dropout,
+                       help=input_dropout_help or f"dropout on the input peaks (default {input_dropout:g})")
+    group.add_argument("--dropout", type=float, default=0.1, help="dropout after each hidden layer (default 0.1)")
+    group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+
+
+def validate_network_args(args):
+    if not 0 <= args.input_dropout < 1:
+        fail("--input-dropout", f"must be in [0, 1), got {args.input_dropout}")
+    if not 0 <= args.dropout < 1:
+        fail("--dropout", f"must be in [0, 1), got {args.dropout}")
+    if any(h < 1 for h in args.hidden_dims):
+        fail("--hidden-dims", f"sizes must be at least 1, got {args.hidden_dims}")
+    if args.weight_decay < 0:
+        fail("--weight-decay", f"must be non-negative, got {args.weight_decay}")
+
+
 def validate_common(args, dataset_path=None):
     if getattr(args, "batch_size", 1) < 1:
         fail("--batch-size", f"must be at least 1, got {args.batch_size}")
