@@ -1324,11 +1324,7 @@ def run_method(method: str, fit: Callable, args, epochs_names: Sequence[str]) ->
 
 def method_parser(method: str, description: str, epochs_help: Sequence[tuple]) -> ArgumentParser:
     """The positional interface of the original suite: <epochs...> <data> <outdir> <latent_dim> [labels]."""
-    parser = ArgumentParser(
-        prog=f"{method}.py",
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter if False else argparse.HelpFormatter,
-    )
+    parser = ArgumentParser(prog=f"{method}.py", description=description)
     for name, text in epochs_help:
         parser.add_argument(name, type=positive_int, help=text)
     parser.add_argument("data", help="10x/SCALE folder, Cell Ranger .h5, .h5ad, .mtx[.gz] or peaks x cells .txt/.tsv/.csv[.gz]")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -143,7 +144,7 @@ def run_comparison(dataset: common.Dataset, methods, latent_dim: int, seeds, dev
     results = []
     common.NESTED_PROGRESS = True
     try:
-        bar = tqdm(jobs, desc="compare", unit="run", disable=not progress, file=__import__("sys").stderr)
+        bar = tqdm(jobs, desc="compare", unit="run", disable=not progress, file=sys.stderr)
         for method, seed in bar:
             bar.set_postfix(method=method, seed=seed)
             results.append(run_one(method, dataset, latent_dim, seed, device, options, n_clusters, n_init))
