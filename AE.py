@@ -9,6 +9,8 @@ logits, so the latent code does not spend itself on sequencing depth.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -18,11 +20,54 @@ import common
 METHOD = "AE"
 
 
-def mlp(sizes, dropout=0.0, final_activation=False):
-    """Linear layers with LayerNorm and ReLU between them (none after the last unless asked)."""
+class PeakLinear(nn.Module):
+    """The first layer of an encoder: n_peaks -> out_features, reading a sparse batch directly.
+
+    weight: (in_features, out_features), the transpose of nn.Linear's, so that a batch of
+    common.SparseRows is one embedding_bag (a weighted sum of the weight rows of the open
+    peaks): forward and weight-gradient cost scale with the non-zeros, not with batch x n_peaks.
+    A dense (batch, in_features) tensor is accepted too (x @ weight + bias).
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        bound = 1 / math.sqrt(in_features)  # nn.Linear's default initialisation
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x):
+        if isinstance(x, common.SparseRows):
+            return F.embedding_bag(x.indices, self.weight, x.offsets, mode="sum", per_sample_weights=x.values) + self.bias
+        return torch.addmm(self.bias, x, self.weight)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, sparse input"
+
+
+class PeakDropout(nn.Dropout):
+    """Dropout on the input peaks. On common.SparseRows only the stored values are dropped (dropping
+    a zero changes nothing), each kept one scaled by 1 / (1 - p) as nn.Dropout does."""
+
+    def forward(self, x):
+        if not isinstance(x, common.SparseRows):
+            return super().forward(x)
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand_like(x.values) >= self.p
+        return x.with_values(x.values * keep / (1 - self.p))
+
+
+def mlp(sizes, dropout=0.0, final_activation=False, peak_input=False):
+    """Linear layers with LayerNorm and ReLU between them (none after the last unless asked).
+
+    peak_input: the first layer reads peaks (PeakLinear: sparse batches welcome).
+    """
     layers = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
+        layers.append(PeakLinear(n_in, n_out) if peak_input and i == 0 else nn.Linear(n_in, n_out))
         last = i == len(sizes) - 2
         if not last or final_activation:
             layers.extend([nn.LayerNorm(n_out), nn.ReLU()])
@@ -39,8 +84,8 @@ class AutoEncoder(nn.Module):
 
     def __init__(self, n_peaks: int, latent_dim: int, hidden_dims=(512, 128), input_dropout: float = 0.8, dropout: float = 0.1):
         super().__init__()
-        self.input_dropout = nn.Dropout(input_dropout)
-        self.encoder = mlp([n_peaks, *hidden_dims, latent_dim], dropout=dropout)
+        self.input_dropout = PeakDropout(input_dropout)
+        self.encoder = mlp([n_peaks, *hidden_dims, latent_dim], dropout=dropout, peak_input=True)
         self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_peaks], dropout=dropout)
 
     def encode(self, x):
@@ -55,7 +100,7 @@ class AutoEncoder(nn.Module):
     def loss(self, batch, epoch=None):
         latent = self.encode(batch.x)
         logits = self.decode(latent, batch.depth)
-        reconstruction = F.binary_cross_entropy_with_logits(logits, batch.target, reduction="sum") / batch.x.shape[0]
+        reconstruction = F.binary_cross_entropy_with_logits(logits, batch.target, reduction="sum") / len(batch.rows)
         return {"loss": reconstruction}
 
 

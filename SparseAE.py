@@ -17,7 +17,7 @@ from torch import nn
 import torch.nn.functional as F
 
 import common
-from AE import mlp
+from AE import PeakDropout, mlp
 
 METHOD = "SparseAE"
 # rho 0.05 (near the original's 0.03) left ~0.5 of latent_dim=10 units on per cell: near one-hot codes that
@@ -41,8 +41,8 @@ class SparseAutoEncoder(nn.Module):
         super().__init__()
         self.sparsity_target = sparsity_target
         self.sparsity_weight = sparsity_weight
-        self.input_dropout = nn.Dropout(input_dropout)
-        self.encoder = mlp([n_peaks, *hidden_dims, latent_dim], dropout=dropout)
+        self.input_dropout = PeakDropout(input_dropout)
+        self.encoder = mlp([n_peaks, *hidden_dims, latent_dim], dropout=dropout, peak_input=True)
         self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_peaks], dropout=dropout)
 
     def code(self, x):
@@ -58,7 +58,7 @@ class SparseAutoEncoder(nn.Module):
     def loss(self, batch, epoch=None):
         code = self.code(self.input_dropout(batch.x))
         logits = self.decoder(code) + batch.depth
-        reconstruction = F.binary_cross_entropy_with_logits(logits, batch.target, reduction="sum") / batch.x.shape[0]
+        reconstruction = F.binary_cross_entropy_with_logits(logits, batch.target, reduction="sum") / len(batch.rows)
         mean_activation = code.mean(dim=0)
         sparsity = kl_sparsity(mean_activation, self.sparsity_target)
         return {

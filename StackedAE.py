@@ -15,7 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 
 import common
-from AE import mlp
+from AE import PeakDropout, mlp
 
 METHOD = "StackedAE"
 
@@ -32,9 +32,9 @@ class StackedAutoEncoder(nn.Module):
         super().__init__()
         sizes = [n_peaks, *hidden_dims, latent_dim]
         self.n_layers = len(sizes) - 1
-        self.input_dropout = nn.Dropout(input_dropout)
+        self.input_dropout = PeakDropout(input_dropout)
         self.encoders = nn.ModuleList(
-            mlp([sizes[k], sizes[k + 1]], dropout=dropout, final_activation=k < self.n_layers - 1)
+            mlp([sizes[k], sizes[k + 1]], dropout=dropout, final_activation=k < self.n_layers - 1, peak_input=k == 0)
             for k in range(self.n_layers)
         )
         self.decoders = nn.ModuleList(
@@ -59,7 +59,7 @@ class StackedAutoEncoder(nn.Module):
     def reconstruction(self, batch):
         latent = self.encode_to(self.input_dropout(batch.x), self.n_layers)
         logits = self.decode_from(latent, self.n_layers) + batch.depth
-        return F.binary_cross_entropy_with_logits(logits, batch.target, reduction="sum") / batch.x.shape[0]
+        return F.binary_cross_entropy_with_logits(logits, batch.target, reduction="sum") / len(batch.rows)
 
     def loss(self, batch, epoch=None):
         return {"loss": self.reconstruction(batch)}
@@ -69,13 +69,13 @@ class StackedAutoEncoder(nn.Module):
         if layer == 0:
             code = self.encoders[0](self.input_dropout(batch.x))
             logits = self.decoders[0](code) + batch.depth
-            return F.binary_cross_entropy_with_logits(logits, batch.target, reduction="sum") / batch.x.shape[0]
+            return F.binary_cross_entropy_with_logits(logits, batch.target, reduction="sum") / len(batch.rows)
         below = self.encoders[:layer]
         below.eval()  # the codes being rebuilt are the lower layers' real outputs, without dropout noise
         with torch.no_grad():
             inputs = self.encode_to(batch.x, layer)
         rebuilt = self.decoders[layer](self.encoders[layer](inputs))
-        return F.mse_loss(rebuilt, inputs, reduction="sum") / batch.x.shape[0]
+        return F.mse_loss(rebuilt, inputs, reduction="sum") / len(batch.rows)
 
 
 def pretrain(model: StackedAutoEncoder, data: common.TrainData, args, device) -> list:

@@ -26,7 +26,7 @@ from torch import nn
 import torch.nn.functional as F
 
 import common
-from AE import mlp
+from AE import PeakDropout, mlp
 
 METHOD = "VAE"
 PRIORS = ("gmm", "normal")
@@ -49,8 +49,8 @@ class VariationalAutoEncoder(nn.Module):
         super().__init__()
         self.prior = prior
         self.kl_warmup = kl_warmup
-        self.input_dropout = nn.Dropout(input_dropout)
-        self.encoder = mlp([n_peaks, *hidden_dims], dropout=dropout, final_activation=True)
+        self.input_dropout = PeakDropout(input_dropout)
+        self.encoder = mlp([n_peaks, *hidden_dims], dropout=dropout, final_activation=True, peak_input=True)
         self.to_mean = nn.Linear(hidden_dims[-1], latent_dim)
         self.to_logvar = nn.Linear(hidden_dims[-1], latent_dim)
         self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_peaks], dropout=dropout)
@@ -89,7 +89,7 @@ class VariationalAutoEncoder(nn.Module):
         mean, logvar = self.posterior(self.input_dropout(batch.x))
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
         logits = self.decoder(z) + batch.depth
-        reconstruction = F.binary_cross_entropy_with_logits(logits, batch.target, reduction="sum") / batch.x.shape[0]
+        reconstruction = F.binary_cross_entropy_with_logits(logits, batch.target, reduction="sum") / len(batch.rows)
         kl = self.kl(mean, logvar, z).mean()
         weight = self.kl_weight(epoch)
         return {"loss": reconstruction + weight * kl, "reconstruction": reconstruction, "kl": kl,

@@ -478,27 +478,34 @@ def tfidf(X: sp.csr_matrix, l2_normalize: bool = True) -> sp.csr_matrix:
     """Signac/ArchR-style TF-IDF on binarized counts: log1p(TF * IDF * 1e4), rows L2-normalized.
 
     TF = open peaks of a cell / its total, IDF = n_cells / cells opening the peak.
+    The result shares X's indices and indptr when X is canonical: one float32 per non-zero is
+    all it adds (bench/scale.py, 100k x 100k).
     """
-    B = binarize(X)
-    n_cells = B.shape[0]
-    depth = np.asarray(B.sum(axis=1)).ravel()
-    df = np.bincount(B.indices, minlength=B.shape[1]).astype(np.float64)
+    if not (X.format == "csr" and X.has_canonical_format):
+        X = sp.csr_matrix(X, copy=True)
+        X.sum_duplicates()
+    if X.data.size and not np.all(X.data != 0):
+        X = X.copy()
+        X.eliminate_zeros()
+    n_cells = X.shape[0]
+    depth = np.diff(X.indptr)  # open peaks per cell: every stored value is non-zero
+    df = np.bincount(X.indices, minlength=X.shape[1]).astype(np.float64)
     idf = n_cells / np.maximum(df, 1)
-    # in row blocks: the float64 temporaries per non-zero were ~4 CSR copies at once on a large matrix
-    data = np.empty(B.nnz, dtype=np.float32)
-    block_rows = max(1, int(TFIDF_BLOCK_NNZ * n_cells / max(B.nnz, 1)))  # about TFIDF_BLOCK_NNZ non-zeros each
+    # in row blocks: float64 temporaries per non-zero over the whole matrix were ~4 CSR copies at once
+    data = np.empty(X.nnz, dtype=np.float32)
+    block_rows = max(1, int(TFIDF_BLOCK_NNZ * n_cells / max(X.nnz, 1)))  # about TFIDF_BLOCK_NNZ non-zeros each
     for start in range(0, n_cells, block_rows):
         stop = min(start + block_rows, n_cells)
-        lo, hi = B.indptr[start], B.indptr[stop]
-        row_of = np.repeat(np.arange(start, stop), np.diff(B.indptr[start : stop + 1]))
-        data[lo:hi] = np.log1p(1e4 * idf[B.indices[lo:hi]] / depth[row_of])
-    B = sp.csr_matrix((data, B.indices, B.indptr), shape=B.shape, copy=False)
-    if l2_normalize:
-        squares = sp.csr_matrix((data * data, B.indices, B.indptr), shape=B.shape, copy=False)
-        norms = np.sqrt(np.asarray(squares.sum(axis=1)).ravel())
-        del squares
-        B.data /= np.repeat(np.maximum(norms, 1e-12), np.diff(B.indptr)).astype(np.float32, copy=False)
-    return B
+        lo, hi = X.indptr[start], X.indptr[stop]
+        lengths = np.diff(X.indptr[start : stop + 1])
+        row_of = np.repeat(np.arange(start, stop), lengths)
+        block = np.log1p(1e4 * idf[X.indices[lo:hi]] / depth[row_of])
+        if l2_normalize:
+            # whole rows lie in the block, so their norms are complete here
+            norms = np.sqrt(np.bincount(row_of - start, weights=block * block, minlength=stop - start))
+            block /= np.repeat(np.maximum(norms, 1e-12), lengths)
+        data[lo:hi] = block
+    return sp.csr_matrix((data, X.indices, X.indptr), shape=X.shape, copy=False)
 
 
 TFIDF_BLOCK_NNZ = 1 << 21
@@ -573,21 +580,45 @@ def set_seed(seed: int):
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def dense_batch(X: sp.csr_matrix, rows: np.ndarray, device):
-    """Densify only the chosen rows of a CSR matrix, as a float32 tensor on `device`."""
-    import torch
-
-    block = X[rows]
-    dense = np.zeros((len(rows), X.shape[1]), dtype=np.float32)
-    # scatter the non-zeros directly: avoids scipy's per-call overhead of toarray()
-    row_of = np.repeat(np.arange(len(rows)), np.diff(block.indptr))
-    dense[row_of, block.indices] = block.data
-    tensor = torch.from_numpy(dense)
+def _to_device(tensor, device):
     if device.type == "cuda":
-        tensor = tensor.pin_memory().to(device, non_blocking=True)
-    else:
-        tensor = tensor.to(device)
-    return tensor
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def rows_of(X: sp.csr_matrix, rows: np.ndarray):
+    """The chosen rows of a CSR matrix as (indptr, indices, data) arrays, without scipy's fancy-indexing copy
+    of the whole index structure (rows need not be sorted)."""
+    starts, stops = X.indptr[rows], X.indptr[rows + 1]
+    lengths = stops - starts
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    # positions of every selected non-zero: start of its row plus its offset in the row
+    positions = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
+    return indptr, X.indices[positions], X.data[positions]
+
+
+class SparseRows:
+    """A mini-batch of cells kept sparse on the device: what AE.PeakLinear multiplies without densifying.
+
+    offsets: (batch,) int64 start of each cell's non-zeros; indices: (nnz,) int64 peak of each
+    non-zero; values: (nnz,) float32. `shape` is (batch, n_peaks), as a dense batch's would be.
+    """
+
+    def __init__(self, offsets, indices, values, shape):
+        self.offsets, self.indices, self.values, self.shape = offsets, indices, values, tuple(shape)
+
+    def with_values(self, values):
+        return SparseRows(self.offsets, self.indices, values, self.shape)
+
+    def to_dense(self):
+        import torch
+
+        dense = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
+        counts = torch.diff(self.offsets, append=self.offsets.new_tensor([self.indices.numel()]))
+        row_of = torch.repeat_interleave(torch.arange(self.shape[0], device=self.values.device), counts)
+        dense[row_of, self.indices] = self.values
+        return dense
 
 
 def cell_depth_logit(X: sp.csr_matrix) -> np.ndarray:
@@ -604,18 +635,22 @@ def cell_depth_logit(X: sp.csr_matrix) -> np.ndarray:
 class TrainData:
     """What a model sees per cell: encoder input, binary reconstruction target, depth offset.
 
-    inputs: CSR (n_cells, n_peaks) after the input transform.
-    targets: CSR (n_cells, n_peaks), 1 where the peak is open.
+    inputs: CSR (n_cells, n_peaks) after the input transform. Every transform keeps the counts'
+        sparsity pattern, so the binary target (1 where the peak is open) is read off the
+        pattern of `inputs` per batch instead of being stored: a CSR copy less at atlas size.
     depth: (n_cells,) float32, logit of the fraction of open peaks.
     """
 
     inputs: sp.csr_matrix
-    targets: sp.csr_matrix
     depth: np.ndarray
 
     @classmethod
     def from_counts(cls, counts: sp.csr_matrix, transform_kind: str):
-        return cls(inputs=transform(counts, transform_kind), targets=binarize(counts), depth=cell_depth_logit(counts))
+        if not counts.has_canonical_format:
+            counts = sp.csr_matrix(counts, copy=True)
+            counts.sum_duplicates()
+        counts.eliminate_zeros()  # an explicit zero would otherwise read as an open peak
+        return cls(inputs=transform(counts, transform_kind), depth=cell_depth_logit(counts))
 
     @property
     def n_cells(self):
@@ -626,15 +661,41 @@ class TrainData:
         return self.inputs.shape[1]
 
 
+def sparse_batches_supported(device) -> bool:
+    # embedding_bag with per-sample weights runs on CPU and CUDA; Apple's MPS gets dense batches
+    return device.type in ("cpu", "cuda")
+
+
 class Batch:
-    """One mini-batch on the device: x (encoder input), target (binary), depth (batch,)."""
+    """One mini-batch on the device.
+
+    x: the encoder input, SparseRows (CPU, CUDA) or a dense (batch, n_peaks) tensor (MPS);
+    target: dense (batch, n_peaks) float32, 1 where the peak is open; depth: (batch, 1).
+    Only this batch's rows are ever densified.
+    """
 
     def __init__(self, data: TrainData, rows: np.ndarray, device, need_target: bool = True):
         import torch
 
         self.rows = rows
-        self.x = dense_batch(data.inputs, rows, device)
-        self.target = dense_batch(data.targets, rows, device) if need_target else None
+        indptr, indices, values = rows_of(data.inputs, np.asarray(rows))
+        shape = (len(rows), data.n_peaks)
+        if sparse_batches_supported(device):
+            self.x = SparseRows(_to_device(torch.from_numpy(indptr[:-1]), device),
+                                _to_device(torch.from_numpy(indices.astype(np.int64)), device),
+                                _to_device(torch.from_numpy(values.astype(np.float32, copy=False)), device), shape)
+        else:
+            self.x = None
+        self.target = None
+        if need_target or self.x is None:
+            dense = np.zeros(shape, dtype=np.float32)
+            row_of = np.repeat(np.arange(len(rows)), np.diff(indptr))
+            if self.x is None:
+                dense[row_of, indices] = values
+                self.x = _to_device(torch.from_numpy(dense.copy() if need_target else dense), device)
+            if need_target:
+                dense[row_of, indices] = 1.0
+                self.target = _to_device(torch.from_numpy(dense), device)
         self.depth = torch.from_numpy(data.depth[rows]).to(device).unsqueeze(1)
 
 
@@ -678,7 +739,7 @@ def train(
 
     loss_fn = loss_fn or (lambda m, b, e: m.loss(b, epoch=e))
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    optimizer = make_adam(params, lr, weight_decay, device)
     rng = np.random.default_rng(seed)
     history = []
     bar = tqdm(range(1, epochs + 1), desc=phase, unit="epoch", disable=not progress, file=sys.stderr,
@@ -707,6 +768,19 @@ def train(
         if epoch_callback is not None:
             epoch_callback(epoch, record)
     return history
+
+
+def make_adam(params, lr: float, weight_decay: float, device):
+    """Adam with torch's fused kernel where the device has one: on CPU it cut the step over an
+    AE's two 100,000 x 512 matrices from 0.62 s to 0.09 s (bench/scale.py, issue 7)."""
+    import torch
+
+    if device.type in ("cpu", "cuda"):
+        try:
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except (RuntimeError, TypeError):
+            pass
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 def encode(model, data: TrainData, device, batch_size: int = 1024) -> np.ndarray:

@@ -1,7 +1,8 @@
 """bench/scale.py: time and memory of each method as the matrix grows (issue 7, "Scale and speed").
 
     python bench/scale.py [--sizes 10000x100000,50000x100000,100000x100000] [--methods AE,NMF,...]
-                          [--epochs 1] [--max-batches 0] [--umap] [--out scale.tsv] [--quick]
+                          [--epochs 1] [--max-batches 0] [--umap] [--export] [--batch-size N]
+                          [--out scale.tsv] [--quick]
 
 For each size the project's simulator (common.simulate_atac: binary-ish counts, about 2%
 non-zero, several cell types) makes one CSR matrix, written once to an .h5ad in a temporary
@@ -20,9 +21,13 @@ and optionally common.run_umap. Columns:
   csr_mb        data + indices + indptr bytes of the simulated (unfiltered) CSR matrix
   mem_ratio     peak_rss_mb / csr_mb
   within_budget peak RSS <= 3 x CSR + 1 GiB
-  mm_efficiency (AE only) multiply-adds per second of the AE's Linear layers over a training epoch,
-                divided by what plain torch.mm reaches on the same shapes (forward, grad-input and
-                grad-weight products at the training batch size)
+  export_s      with --export: common.export_results into a temporary folder (feature.txt, clusters,
+                scores, confusion, UMAP and its figure, result.h5ad with the counts, run.json)
+  achieved_gflops (AE only) FLOPs of the AE's layers per second over the training epoch: the dense
+                nn.Linear products plus the sparse first layer's 2 x nnz x 512 (forward and grad-weight)
+  mm_gflops     what plain torch.mm reaches, in the same process, on the dense layers' shapes at the
+                training batch size (forward, grad-input and grad-weight products)
+  mm_efficiency achieved_gflops / mm_gflops
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ ALL_METHODS = NEURAL + ("NMF", "LSNMF", "LSI")
 DEFAULT_SIZES = "10000x100000,50000x100000,100000x100000"
 QUICK_SIZES = "2000x5000,4000x5000"
 COLUMNS = ["n_cells", "n_peaks", "method", "cells_kept", "peaks_kept", "nnz", "csr_mb", "load_s", "filter_s", "fit_s",
-           "epochs", "epoch_s", "epoch_note", "eval_s", "umap_s", "total_s", "base_rss_mb", "peak_rss_mb", "mem_ratio",
+           "epochs", "epoch_s", "epoch_note", "eval_s", "umap_s", "export_s", "total_s", "base_rss_mb", "peak_rss_mb", "mem_ratio",
            "within_budget", "mm_gflops", "achieved_gflops", "mm_efficiency", "ARI", "status"]
 
 
@@ -66,19 +71,26 @@ def maxrss_mb() -> float:
 # --------------------------------------------------------------------------
 # Child: one method on one matrix
 # --------------------------------------------------------------------------
-def linear_flops_per_cell(model) -> tuple[float, list]:
-    """Training FLOPs per cell of the model's nn.Linear layers, and their (in, out) shapes.
+def linear_flops_per_cell(model, nnz_per_cell: float) -> tuple[float, float, list]:
+    """Training FLOPs per cell of the model's layers: (dense nn.Linear FLOPs, sparse PeakLinear FLOPs,
+    the dense layers' (in, out) shapes).
 
-    Per cell and layer: forward 2*in*out, grad-weight 2*in*out, grad-input 2*in*out
-    (not needed for the first layer, whose input is data).
+    Dense layer, per cell: forward 2*in*out, grad-weight 2*in*out, grad-input 2*in*out.
+    PeakLinear (the first layer, reading the sparse input): forward and grad-weight 2*nnz*out
+    each, no grad-input (its input is data).
     """
     import torch.nn as nn
 
-    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
-    total = 0.0
-    for i, (n_in, n_out) in enumerate(shapes):
-        total += 2 * n_in * n_out * (2 if i == 0 else 3)
-    return total, shapes
+    from AE import PeakLinear
+
+    dense, sparse, shapes = 0.0, 0.0, []
+    for module in model.modules():
+        if isinstance(module, PeakLinear):
+            sparse += 4 * nnz_per_cell * module.out_features
+        elif isinstance(module, nn.Linear):
+            shapes.append((module.in_features, module.out_features))
+            dense += 6 * module.in_features * module.out_features
+    return dense, sparse, shapes
 
 
 def mm_reference_gflops(shapes, batch_size: int, repeats: int = 3) -> float:
@@ -88,7 +100,7 @@ def mm_reference_gflops(shapes, batch_size: int, repeats: int = 3) -> float:
     gen = torch.Generator().manual_seed(0)
     flops, elapsed = 0.0, float("inf")
     tensors = []
-    for i, (n_in, n_out) in enumerate(shapes):
+    for i, (n_in, n_out) in enumerate(shapes, start=1):
         x = torch.rand(batch_size, n_in, generator=gen)
         w = torch.rand(n_in, n_out, generator=gen)
         g = torch.rand(batch_size, n_out, generator=gen)
@@ -99,10 +111,8 @@ def mm_reference_gflops(shapes, batch_size: int, repeats: int = 3) -> float:
         for i, x, w, g in tensors:
             torch.mm(x, w)  # forward
             torch.mm(x.t(), g)  # grad weight
-            step_flops += 4 * x.shape[0] * x.shape[1] * w.shape[1]
-            if i > 0:
-                torch.mm(g, w.t())  # grad input
-                step_flops += 2 * x.shape[0] * x.shape[1] * w.shape[1]
+            torch.mm(g, w.t())  # grad input
+            step_flops += 6 * x.shape[0] * x.shape[1] * w.shape[1]
         elapsed = min(elapsed, time.perf_counter() - started)
         flops = step_flops
     return flops / elapsed / 1e9
@@ -134,7 +144,7 @@ def child(spec: dict) -> dict:
         history = original_train(model, data, epochs, batch_size, *args, **kwargs, progress=False) \
             if "progress" not in kwargs else original_train(model, data, epochs, batch_size, *args, **kwargs)
         train_log.append({"seconds": time.perf_counter() - started, "epochs": epochs, "batch_size": batch_size,
-                          "n_cells": data.n_cells, "model": model})
+                          "n_cells": data.n_cells, "nnz_per_cell": data.inputs.nnz / max(data.n_cells, 1), "model": model})
         return history
 
     common.train = timed_train
@@ -161,6 +171,7 @@ def child(spec: dict) -> dict:
 
     device = common.select_device(spec.get("device", "cpu"))
     options = {"epochs": {m: (spec["epochs"], spec["epochs"]) if m == "StackedAE" else spec["epochs"] for m in NEURAL},
+               "extra": {m: ["--batch-size", str(spec["batch_size"])] for m in NEURAL} if spec.get("batch_size") else {},
                "max_iter": {"NMF": spec["nmf_max_iter"], "LSNMF": spec["lsnmf_max_iter"]}}
     t2 = time.perf_counter()
     fit = compare.fit_method(method, dataset, spec["latent_dim"], 0, device, options)
@@ -184,9 +195,9 @@ def child(spec: dict) -> dict:
             out["epoch_note"] += "(sum of stages)"
         if method == "AE":
             r = train_log[0]
-            flops_per_cell, shapes = linear_flops_per_cell(r["model"])
+            dense_flops, sparse_flops, shapes = linear_flops_per_cell(r["model"], r["nnz_per_cell"])
             cells = r["n_cells"] if not max_batches else min(r["n_cells"], max_batches * r["batch_size"])
-            achieved = flops_per_cell * cells * r["epochs"] / r["seconds"] / 1e9
+            achieved = (dense_flops + sparse_flops) * cells * r["epochs"] / r["seconds"] / 1e9
             reference = mm_reference_gflops(shapes, r["batch_size"])
             out["achieved_gflops"], out["mm_gflops"] = achieved, reference
             out["mm_efficiency"] = achieved / reference
@@ -198,10 +209,20 @@ def child(spec: dict) -> dict:
         out["epoch_note"] = "per iteration"
 
     t3 = time.perf_counter()
-    _, scores, _ = common.evaluate(latent, dataset.labels, None, 0, n_init=spec["n_init"])
+    evaluation = common.evaluate(latent, dataset.labels, None, 0, n_init=spec["n_init"])
+    scores = evaluation[1]
     out["eval_s"] = time.perf_counter() - t3
     out["ARI"] = scores.get("ARI", float("nan"))
-    if spec.get("umap"):
+    fit.model = None  # the model's memory is not needed past here (the scripts save it before exporting)
+    if spec.get("export"):
+        t4 = time.perf_counter()
+        timings = {}
+        with tempfile.TemporaryDirectory(prefix=f"scale_export_{method}_") as outdir:
+            common.export_results(Path(outdir), method, dataset, latent, 0, None, {"bench": "scale"}, timings,
+                                  umap=bool(spec.get("umap")), quiet=True, evaluation=evaluation)
+        out["export_s"] = time.perf_counter() - t4
+        out["umap_s"] = timings.get("umap_s")
+    elif spec.get("umap"):
         t4 = time.perf_counter()
         common.run_umap(latent, 0)
         out["umap_s"] = time.perf_counter() - t4
@@ -331,6 +352,10 @@ def main(argv=None):
     parser.add_argument("--n-types", type=int, default=6, help="simulated cell types (default 6)")
     parser.add_argument("--n-init", type=int, default=10, help="K-means restarts (default 10)")
     parser.add_argument("--umap", action="store_true", help="also time common.run_umap")
+    parser.add_argument("--export", action="store_true",
+                        help="also run common.export_results (feature.txt, clusters, scores, result.h5ad; UMAP with --umap): "
+                             "the whole path a method script takes")
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch size of the neural methods (default: each script's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in each child (default torch's choice)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per method run before giving up")
@@ -355,7 +380,7 @@ def main(argv=None):
             for method in methods:
                 spec = {"path": str(path), "method": method, "epochs": epochs, "max_batches": max_batches,
                         "nmf_max_iter": nmf_iter, "lsnmf_max_iter": lsnmf_iter, "latent_dim": args.latent_dim,
-                        "n_init": args.n_init, "umap": args.umap, "threads": args.threads, "device": args.device}
+                        "n_init": args.n_init, "umap": args.umap, "export": args.export, "batch_size": args.batch_size, "threads": args.threads, "device": args.device}
                 print(f"scale: {method} on {n_cells} x {n_peaks} ...", file=sys.stderr, flush=True)
                 result = run_child(spec, args.timeout)
                 row = {"n_cells": n_cells, "n_peaks": n_peaks, "method": method, "nnz": meta["nnz"],

@@ -8,7 +8,7 @@ METHODS = ["AE", "NMF", "LSNMF"]
 
 def test_scale_quick_writes_table(tmp_path):
     out = tmp_path / "scale.tsv"
-    proc = run_script("bench/scale.py", "--quick", "--methods", ",".join(METHODS), "--out", out,
+    proc = run_script("bench/scale.py", "--quick", "--export", "--methods", ",".join(METHODS), "--out", out,
                       "--tmpdir", tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out) as handle:
@@ -20,7 +20,7 @@ def test_scale_quick_writes_table(tmp_path):
         (c, p, m) for c, p in (("2000", "5000"), ("4000", "5000")) for m in METHODS]
     for r in rows:
         assert r["status"] == "ok"
-        for key in ("load_s", "epoch_s", "total_s", "peak_rss_mb", "csr_mb", "mem_ratio"):
+        for key in ("load_s", "epoch_s", "export_s", "total_s", "peak_rss_mb", "csr_mb", "mem_ratio"):
             assert float(r[key]) > 0, (r["method"], key)
     ae = [r for r in rows if r["method"] == "AE"]
     assert all(float(r["mm_efficiency"]) > 0 for r in ae)
