@@ -735,6 +735,7 @@ def train(
     Returns one dict per epoch: phase, epoch and the batch-size-weighted means.
     """
     import torch
+    import torch.profiler
     from tqdm.auto import tqdm
 
     loss_fn = loss_fn or (lambda m, b, e: m.loss(b, epoch=e))
@@ -751,7 +752,8 @@ def train(
         for rows in iterate_batches(data.n_cells, batch_size, rng):
             if len(rows) < 2 and data.n_cells >= 2:
                 continue  # a batch of one has no batch statistics
-            batch = Batch(data, rows, device)
+            with torch.profiler.record_function("assemble_batch"):  # named in bench/scale.py --profile
+                batch = Batch(data, rows, device)
             terms = loss_fn(model, batch, epoch)
             loss = terms["loss"]
             if not torch.isfinite(loss):

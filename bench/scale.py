@@ -140,9 +140,19 @@ def child(spec: dict) -> dict:
     original_train = common.train
 
     def timed_train(model, data, epochs, batch_size, *args, **kwargs):
+        kwargs.setdefault("progress", False)
+        profiler = None
+        if spec.get("profile"):
+            import torch.profiler
+
+            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            profiler.__enter__()
         started = time.perf_counter()
-        history = original_train(model, data, epochs, batch_size, *args, **kwargs, progress=False) \
-            if "progress" not in kwargs else original_train(model, data, epochs, batch_size, *args, **kwargs)
+        history = original_train(model, data, epochs, batch_size, *args, **kwargs)
+        if profiler is not None:
+            profiler.__exit__(None, None, None)
+            table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+            out.setdefault("profile", []).append(f"{method}, train() phase {len(train_log) + 1}:\n{table}")
         train_log.append({"seconds": time.perf_counter() - started, "epochs": epochs, "batch_size": batch_size,
                           "n_cells": data.n_cells, "nnz_per_cell": data.inputs.nnz / max(data.n_cells, 1), "model": model})
         return history
@@ -356,6 +366,9 @@ def main(argv=None):
                         help="also run common.export_results (feature.txt, clusters, scores, result.h5ad; UMAP with --umap): "
                              "the whole path a method script takes")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size of the neural methods (default: each script's)")
+    parser.add_argument("--profile", action="store_true",
+                        help="torch.profiler over each neural method's training (use with --max-batches); the top "
+                             "operators by self CPU time go to stderr and, with --out, to OUT.profile.txt")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in each child (default torch's choice)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per method run before giving up")
@@ -380,7 +393,7 @@ def main(argv=None):
             for method in methods:
                 spec = {"path": str(path), "method": method, "epochs": epochs, "max_batches": max_batches,
                         "nmf_max_iter": nmf_iter, "lsnmf_max_iter": lsnmf_iter, "latent_dim": args.latent_dim,
-                        "n_init": args.n_init, "umap": args.umap, "export": args.export, "batch_size": args.batch_size, "threads": args.threads, "device": args.device}
+                        "n_init": args.n_init, "umap": args.umap, "export": args.export, "batch_size": args.batch_size, "profile": args.profile, "threads": args.threads, "device": args.device}
                 print(f"scale: {method} on {n_cells} x {n_peaks} ...", file=sys.stderr, flush=True)
                 result = run_child(spec, args.timeout)
                 row = {"n_cells": n_cells, "n_peaks": n_peaks, "method": method, "nnz": meta["nnz"],
@@ -388,6 +401,13 @@ def main(argv=None):
                 if "peak_rss_mb" in row:
                     row["mem_ratio"] = row["peak_rss_mb"] / meta["csr_mb"]
                     row["within_budget"] = row["peak_rss_mb"] <= 3 * meta["csr_mb"] + 1024
+                profile = row.pop("profile", None)
+                if profile:
+                    text = f"== {method} on {n_cells} x {n_peaks}\n" + "\n".join(profile)
+                    print(text, file=sys.stderr, flush=True)
+                    if args.out:
+                        with open(str(args.out) + ".profile.txt", "a") as handle:
+                            handle.write(text + "\n")
                 rows.append(row)
                 print(render([row]).splitlines()[1], file=sys.stderr, flush=True)
                 if args.out:
