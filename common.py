@@ -738,6 +738,8 @@ def train(
     import torch.profiler
     from tqdm.auto import tqdm
 
+    if device.type == "cpu":
+        keep_freed_memory()
     loss_fn = loss_fn or (lambda m, b, e: m.loss(b, epoch=e))
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
     optimizer = make_adam(params, lr, weight_decay, device)
@@ -770,6 +772,33 @@ def train(
         if epoch_callback is not None:
             epoch_callback(epoch, record)
     return history
+
+
+_ALLOCATOR_TUNED = False
+
+
+def keep_freed_memory():
+    """Have glibc serve every allocation from its heap and keep freed memory for reuse.
+
+    By default glibc gives allocations above 32 MiB their own mmap and unmaps them on free, so
+    each training step's fresh gradient of a 100,000 x 512 layer page-faults in anew: a third of
+    a CPU step (0.48 -> 0.33 s per batch of 64 at 93,558 peaks, peak RSS +6%; issue 7 notes).
+    Applies to the whole process from here on; a no-op off glibc (macOS, musl) and when
+    SCATAC_DEFAULT_MALLOC=1 is set.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED or os.environ.get("SCATAC_DEFAULT_MALLOC") == "1" or not sys.platform.startswith("linux"):
+        return
+    _ALLOCATOR_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        libc.mallopt(m_mmap_max, 0)
+        libc.mallopt(m_trim_threshold, 2**31 - 1)
+    except (OSError, AttributeError):
+        pass
 
 
 def make_adam(params, lr: float, weight_decay: float, device):
