@@ -413,7 +413,8 @@ def main(argv=None):
             for method in methods:
                 spec = {"path": str(path), "method": method, "epochs": epochs, "max_batches": max_batches,
                         "nmf_max_iter": nmf_iter, "lsnmf_max_iter": lsnmf_iter, "latent_dim": args.latent_dim,
-                        "n_init": args.n_init, "umap": args.umap, "export": args.export, "batch_size": args.batch_size, "profile": args.profile, "threads": args.threads, "device": args.device}
+                        "n_init": args.n_init, "umap": args.umap, "export": args.export, "batch_size": args.batch_size,
+                        "profile": args.profile, "threads": args.threads, "device": args.device}
                 print(f"scale: {method} on {n_cells} x {n_peaks} ...", file=sys.stderr, flush=True)
                 result = run_child(spec, args.timeout)
                 row = {"n_cells": n_cells, "n_peaks": n_peaks, "method": method, "nnz": meta["nnz"],
