@@ -463,15 +463,24 @@ def filter_dataset(
     return kept
 
 
+def stored_nonzero(X) -> sp.csr_matrix:
+    """X as canonical CSR whose every stored value is non-zero, so its sparsity pattern is exactly
+    the open peaks. X itself when it already is (what load_matrix gives); a cleaned copy otherwise,
+    never a change to the caller's matrix."""
+    if not (sp.issparse(X) and X.format == "csr" and X.has_canonical_format):
+        X = sp.csr_matrix(X, copy=True)
+        X.sum_duplicates()
+    if X.nnz and not np.all(X.data != 0):
+        X = X.copy()
+        X.eliminate_zeros()
+    return X
+
+
 def binarize(X: sp.csr_matrix) -> sp.csr_matrix:
-    """1 where X is non-zero. A canonical X (what load_matrix gives) shares its indices and indptr
-    with the result instead of copying them: TrainData's inputs and targets then cost only their
-    data arrays (half a CSR copy each), which matters at 100k x 100k (bench/scale.py)."""
-    if X.format == "csr" and X.has_canonical_format:
-        return sp.csr_matrix((np.ones(X.nnz, dtype=np.float32), X.indices, X.indptr), shape=X.shape, copy=False)
-    B = sp.csr_matrix(X, copy=True)
-    B.data = np.ones_like(B.data, dtype=np.float32)
-    return B
+    """1 where X is non-zero. Shares the indices and indptr of a canonical X (what load_matrix
+    gives) instead of copying them, which matters at 100k x 100k (bench/scale.py)."""
+    X = stored_nonzero(X)
+    return sp.csr_matrix((np.ones(X.nnz, dtype=np.float32), X.indices, X.indptr), shape=X.shape, copy=False)
 
 
 def tfidf(X: sp.csr_matrix, l2_normalize: bool = True) -> sp.csr_matrix:
@@ -481,12 +490,7 @@ def tfidf(X: sp.csr_matrix, l2_normalize: bool = True) -> sp.csr_matrix:
     The result shares X's indices and indptr when X is canonical: one float32 per non-zero is
     all it adds (bench/scale.py, 100k x 100k).
     """
-    if not (X.format == "csr" and X.has_canonical_format):
-        X = sp.csr_matrix(X, copy=True)
-        X.sum_duplicates()
-    if X.data.size and not np.all(X.data != 0):
-        X = X.copy()
-        X.eliminate_zeros()
+    X = stored_nonzero(X)
     n_cells = X.shape[0]
     depth = np.diff(X.indptr)  # open peaks per cell: every stored value is non-zero
     df = np.bincount(X.indices, minlength=X.shape[1]).astype(np.float64)
@@ -646,10 +650,7 @@ class TrainData:
 
     @classmethod
     def from_counts(cls, counts: sp.csr_matrix, transform_kind: str):
-        if not counts.has_canonical_format:
-            counts = sp.csr_matrix(counts, copy=True)
-            counts.sum_duplicates()
-        counts.eliminate_zeros()  # an explicit zero would otherwise read as an open peak
+        counts = stored_nonzero(counts)  # an explicit zero would otherwise read as an open peak
         return cls(inputs=transform(counts, transform_kind), depth=cell_depth_logit(counts))
 
     @property

@@ -32,6 +32,7 @@ and optionally common.run_umap. Columns:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -144,20 +145,20 @@ def child(spec: dict) -> dict:
 
     def timed_train(model, data, epochs, batch_size, *args, **kwargs):
         kwargs.setdefault("progress", False)
-        profiler = None
+        profiler = contextlib.nullcontext()
         if spec.get("profile"):
             import torch.profiler
 
             profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-            profiler.__enter__()
-        started = time.perf_counter()
         steady_before = len(steady_log)
-        history = original_train(model, data, epochs, batch_size, *args, **kwargs)
-        if profiler is not None:
-            profiler.__exit__(None, None, None)
+        with profiler:
+            started = time.perf_counter()
+            history = original_train(model, data, epochs, batch_size, *args, **kwargs)
+            seconds = time.perf_counter() - started
+        if spec.get("profile"):
             table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
             out.setdefault("profile", []).append(f"{method}, train() phase {len(train_log) + 1}:\n{table}")
-        train_log.append({"seconds": time.perf_counter() - started, "epochs": epochs, "batch_size": batch_size,
+        train_log.append({"seconds": seconds, "epochs": epochs, "batch_size": batch_size,
                           "n_cells": data.n_cells, "nnz_per_cell": data.inputs.nnz / max(data.n_cells, 1), "model": model,
                           "steady": steady_log[steady_before:]})
         return history
