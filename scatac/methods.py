@@ -1,0 +1,118 @@
+"""The suite's methods, one card each: name, summary, and the options it takes with its defaults.
+
+A card imports nothing heavy, so a script's --help and its option errors answer at once; the
+model code (torch) is imported only when scatac.tl fits the method. The epochs defaults are the
+recommended ones, chosen by measurement on ../shared/data (README, "Measured quality").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import fail
+from .factorization import LSNMF_OPTIONS, NMF_OPTIONS
+from .params import (BATCH_SIZE, DROPOUT, EPOCHS, HIDDEN_DIMS, INPUT_DROPOUT, LR, TRANSFORM, WEIGHT_DECAY, Options,
+                     Param)
+
+
+@dataclass(frozen=True)
+class Method:
+    """name: the script's name, the features' column prefix and the key of its results (obsm["X_<name>"]).
+    epochs: options the command line takes as leading positional arguments, in order.
+    sized_by_clusters: options whose None means "as many as the clusters of the run" (the VAE's
+    mixture), which a script fills in from --n-clusters or the labels.
+    kind: "neural" (trained by scatac.train) or "factorization".
+    """
+
+    name: str
+    summary: str
+    options: Options
+    epochs: tuple = ()
+    sized_by_clusters: tuple = ()
+    kind: str = "neural"
+
+
+def _network(hidden_dims, input_dropout, input_dropout_help=None, hidden_help=None) -> Options:
+    """The options every autoencoder has, with its own defaults."""
+    return Options(
+        HIDDEN_DIMS.but(default=tuple(hidden_dims), **({"help": hidden_help} if hidden_help else {})),
+        INPUT_DROPOUT.but(default=input_dropout, **({"help": input_dropout_help} if input_dropout_help else {})),
+        DROPOUT, WEIGHT_DECAY,
+    )
+
+
+TRAINING = Options(BATCH_SIZE, LR, TRANSFORM)
+
+AE = Method(
+    "AE", "Plain autoencoder: features of scATAC-seq cells, UMAP, K-means clusters and scores.",
+    Options(EPOCHS.but(help="passes over the data (the original suite counted mini-batches under this name)"))
+    + _network((512, 128), 0.8, "dropout on the input peaks, a denoising autoencoder (default 0.8: measured best, see README)")
+    + TRAINING,
+    epochs=("epochs",),
+)
+
+# rho 0.05 (near the original's 0.03) left ~0.5 of latent_dim=10 units on per cell: near one-hot codes that
+# merged similar types (schep600 ARI 0.21-0.44 over 3 seeds); rho 0.2 gave 0.54-0.61 with the penalty still active.
+SPARSE_AE = Method(
+    "SparseAE", "Sparse autoencoder (KL sparsity penalty on a sigmoid code): features of scATAC-seq cells, UMAP, "
+                "K-means clusters and scores.",
+    Options(EPOCHS.but(default=20))
+    + _network((256,), 0.5)
+    + Options(
+        Param("sparsity_target", float, 0.2, "rho: the mean activation each code unit is pushed towards (default 0.2)",
+              low=0, high=1, low_open=True, high_open=True),
+        Param("sparsity_weight", float, 3.0, "beta: weight of the KL sparsity penalty; 0 turns it off (default 3)", low=0),
+    )
+    + TRAINING,
+    epochs=("epochs",),
+)
+
+STACKED_AE = Method(
+    "StackedAE", "Stacked autoencoder (greedy layer-wise pretraining, then end-to-end fine-tuning): "
+                 "features of scATAC-seq cells, UMAP, K-means clusters and scores.",
+    Options(EPOCHS.but(name="pretrain_epochs", default=5, help="passes over the data for each layer's pretraining"),
+            EPOCHS.but(name="finetune_epochs", default=20, help="passes over the data for fine-tuning the whole stack"))
+    + _network((512, 128), 0.8, "dropout on the input peaks, denoising as AE (default 0.8: ARI 0.60 vs 0.54 on hemato600)",
+               "hidden layer sizes of the stack, input side first; the last layer is latent_dim (default 512 128)")
+    + TRAINING,
+    epochs=("pretrain_epochs", "finetune_epochs"),
+)
+
+VAE = Method(
+    "VAE", "Variational autoencoder (Gaussian-mixture prior as SCALE, or standard normal): "
+           "features of scATAC-seq cells, UMAP, K-means clusters and scores.",
+    Options(
+        EPOCHS.but(default=30),
+        Param("prior", str, "gmm", "gmm: learnable Gaussian mixture, SCALE's model; normal: N(0, I) (default gmm)",
+              choices=("gmm", "normal")),
+        Param("n_components", int, None, "mixture components of the gmm prior (default: the number of clusters of the "
+                                         "run: --n-clusters, else the label types, else 8)", low=1, none_ok=True),
+        Param("kl_warmup", int, 10, "epochs over which the KL weight rises from 0 to 1; the gmm prior is fit to the codes "
+                                    "when it ends (default 10)", low=0),
+    )
+    # One hidden layer and moderate input dropout: with 512 128 the posterior collapsed on some seeds (schep600 ARI 0.16)
+    + _network((256,), 0.5)
+    + TRAINING,
+    epochs=("epochs",),
+    sized_by_clusters=("n_components",),
+)
+
+NMF = Method("NMF", "Non-negative matrix factorization (scikit-learn) of the cells x peaks matrix.", NMF_OPTIONS,
+             kind="factorization")
+LSNMF = Method("LSNMF", "Alternating non-negative least squares by projected gradient (Lin 2007; nimfa).",
+               LSNMF_OPTIONS, kind="factorization")
+
+NEURAL = (AE, SPARSE_AE, STACKED_AE, VAE)
+FACTORIZATIONS = (NMF, LSNMF)
+ALL = {m.name: m for m in NEURAL + FACTORIZATIONS}
+
+
+def parse_names(methods, allowed, where: str = "methods") -> list:
+    """'NMF,LSNMF', 'nmf lsnmf' or a list -> ['NMF', 'LSNMF']: matched without case, order kept, duplicates dropped."""
+    items = methods.replace(",", " ").split() if isinstance(methods, str) else list(methods or [])
+    by_lower = {name.lower(): name for name in allowed}
+    if not items:
+        fail(where, f"no method given; allowed: {', '.join(allowed)}")
+    unknown = [item for item in items if str(item).strip().lower() not in by_lower]
+    if unknown:
+        fail(where, f"unknown method {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    return list(dict.fromkeys(by_lower[str(item).strip().lower()] for item in items))

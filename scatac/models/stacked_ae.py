@@ -1,0 +1,105 @@
+"""The stacked autoencoder (StackedAE.py): pretrained greedily layer by layer, then fine-tuned end to end.
+
+Layer 1 is first trained as a shallow autoencoder of the peaks (Bernoulli, with each cell's depth
+added to the logits, as the AE); layer k > 1 is then trained as a shallow autoencoder of the codes
+of layer k-1, the layers below held fixed (mean squared error). The pretrained encoders and
+decoders are then stacked into one deep autoencoder, and every layer is fine-tuned together on
+the peaks.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..batches import TrainData
+from ..nn import PeakDropout, bernoulli_nll, mlp
+from ..train import Fitted, Trainer
+
+
+class StackedAutoEncoder(nn.Module):
+    """n_peaks -> hidden_dims -> latent_dim -> reversed hidden_dims -> n_peaks logits, built as a stack of layers.
+
+    encoders[k] maps sizes[k] -> sizes[k+1]; decoders[k] maps back sizes[k+1] -> sizes[k].
+    decoders[0] returns peak logits; the others return codes with the same activation as
+    the encoder layer whose output they rebuild.
+    """
+
+    def __init__(self, n_peaks: int, latent_dim: int, hidden_dims=(512, 128), input_dropout: float = 0.8, dropout: float = 0.1):
+        super().__init__()
+        self.config = dict(n_peaks=n_peaks, latent_dim=latent_dim, hidden_dims=tuple(hidden_dims),
+                           input_dropout=input_dropout, dropout=dropout)
+        sizes = [n_peaks, *hidden_dims, latent_dim]
+        self.n_layers = len(sizes) - 1
+        self.input_dropout = PeakDropout(input_dropout)
+        self.encoders = nn.ModuleList(
+            mlp([sizes[k], sizes[k + 1]], dropout=dropout, final_activation=k < self.n_layers - 1, peak_input=k == 0)
+            for k in range(self.n_layers)
+        )
+        self.decoders = nn.ModuleList(
+            # no dropout on rebuilt codes: their pretraining compares them with the clean codes
+            mlp([sizes[k + 1], sizes[k]], final_activation=k > 0) for k in range(self.n_layers)
+        )
+
+    def encode_to(self, x, depth: int):
+        """The code of layer `depth` (0 is the input itself)."""
+        for encoder in self.encoders[:depth]:
+            x = encoder(x)
+        return x
+
+    def decode_from(self, code, depth: int):
+        for decoder in reversed(self.decoders[:depth]):
+            code = decoder(code)
+        return code
+
+    def embed(self, batch):
+        return self.encode_to(batch.x, self.n_layers)
+
+    def reconstruction(self, batch):
+        latent = self.encode_to(self.input_dropout(batch.x), self.n_layers)
+        return bernoulli_nll(self.decode_from(latent, self.n_layers) + batch.depth, batch)
+
+    def loss(self, batch, epoch=None):
+        return {"loss": self.reconstruction(batch)}
+
+    def layer_loss(self, layer: int, batch):
+        """The shallow autoencoder of layer `layer` (0-based) on the codes of the layer below, which stays fixed."""
+        if layer == 0:
+            code = self.encoders[0](self.input_dropout(batch.x))
+            return bernoulli_nll(self.decoders[0](code) + batch.depth, batch)
+        below = self.encoders[:layer]
+        below.eval()  # the codes being rebuilt are the lower layers' real outputs, without dropout noise
+        with torch.no_grad():
+            inputs = self.encode_to(batch.x, layer)
+        rebuilt = self.decoders[layer](self.encoders[layer](inputs))
+        return F.mse_loss(rebuilt, inputs, reduction="sum") / len(batch.rows)
+
+
+def pretrain(model: StackedAutoEncoder, data: TrainData, options: dict, trainer: Trainer, seed: int) -> list:
+    """Greedy layer-wise pretraining: each layer's own encoder and decoder, for `pretrain_epochs` each."""
+    history = []
+    for layer in range(model.n_layers):
+        parameters = [*model.encoders[layer].parameters(), *model.decoders[layer].parameters()]
+        history += trainer.train(
+            model, data, options["pretrain_epochs"], options["batch_size"], options["lr"], seed + layer,
+            loss_fn=lambda m, batch, epoch, layer=layer: {"loss": m.layer_loss(layer, batch)},
+            parameters=parameters, phase=f"pretrain_layer{layer + 1}", weight_decay=options["weight_decay"],
+        )
+    return history
+
+
+def finetune(model: StackedAutoEncoder, data: TrainData, options: dict, trainer: Trainer, seed: int) -> list:
+    """Every layer trained together on the peaks, starting from the weights `model` holds."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return trainer.train(model, data, options["finetune_epochs"], options["batch_size"], options["lr"], seed,
+                         weight_decay=options["weight_decay"], phase="finetune")
+
+
+def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed: int) -> Fitted:
+    """Pretrain layer by layer, fine-tune the whole stack; features are the top code without dropout."""
+    model = StackedAutoEncoder(data.n_peaks, latent_dim, options["hidden_dims"], options["input_dropout"],
+                               options["dropout"]).to(trainer.device)
+    history = pretrain(model, data, options, trainer, seed)
+    history += finetune(model, data, options, trainer, seed)
+    return Fitted(trainer.encode(model, data), model, history)

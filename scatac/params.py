@@ -1,0 +1,200 @@
+"""Each option's rule, declared once: type, range or allowed values, default, help.
+
+The method scripts' argparse, compare.py, the notebook's parameter check and the Python API all read
+these declarations, so an option means the same thing, and is refused with the same message, in
+every door: `rank: must be an integer >= 1, got 0` (the command line names the flag instead).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from .errors import fail
+
+TRANSFORMS = ("binary", "tfidf", "log", "maxabs")
+FACTORIZATION_TRANSFORMS = ("counts",) + TRANSFORMS  # "counts": the filtered counts as they are
+DEVICES = ("auto", "cpu", "cuda", "mps")
+_NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
+          bool: ("True or False", "True or False")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One option: `check` returns the value as the code uses it, or raises InputError saying what is allowed.
+
+    low / high bound the value (inclusive unless low_open / high_open); choices lists the allowed
+    strings; none_ok admits None (meaning "work it out", said in the help); many takes a non-empty
+    list. group is the --help section the option appears under.
+    """
+
+    name: str
+    kind: type
+    default: object = None
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple = ()
+    none_ok: bool = False
+    many: bool = False
+    group: str = "model"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def but(self, **changes) -> "Param":
+        """The same rule with another default or help: `INPUT_DROPOUT.but(default=0.5)`."""
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        if self.choices:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            one, several = _NOUNS[self.kind]
+            text = f"a non-empty list of {several}" if self.many else one
+            if self.low is not None and self.high is not None:
+                text += f" in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            elif self.low is not None:
+                text += f" {'>' if self.low_open else '>='} {self.low:g}"
+            elif self.high is not None:
+                text += f" {'<' if self.high_open else '<='} {self.high:g}"
+        return text + (" or None" if self.none_ok else "")
+
+    def check(self, value, label: str | None = None):
+        """`value` as the code uses it (a tuple when `many`); InputError(label or name, ...) when it breaks the rule."""
+        if value is None and self.none_ok:
+            return None
+        if self.many:
+            values = tuple(value) if isinstance(value, (list, tuple, np.ndarray)) else ()
+            if values and all(self._fits(v) for v in values):
+                return tuple(self._as_kind(v) for v in values)
+        elif self._fits(value):
+            return self._as_kind(value)
+        fail(label or self.name, f"must be {self.describe()}, got {value!r}")
+
+    def _fits(self, value) -> bool:
+        if self.kind is bool:
+            return isinstance(value, (bool, np.bool_))
+        if isinstance(value, (bool, np.bool_)):
+            return False
+        if self.kind is str:
+            return isinstance(value, str) and (not self.choices or value in self.choices)
+        numbers = (int, np.integer) if self.kind is int else (int, float, np.integer, np.floating)
+        if not isinstance(value, numbers) or not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def _as_kind(self, value):
+        # a float option keeps an int as it came: a filter threshold of 1 (cells) is not 1.0 (all cells)
+        if isinstance(value, np.generic):
+            value = value.item()
+        return int(value) if self.kind is int else value
+
+    def help_text(self) -> str:
+        if "default" in self.help or self.default is None:
+            return self.help
+        shown = " ".join(map(str, self.default)) if self.many else f"{self.default:g}" if self.kind is float else self.default
+        return f"{self.help} (default {shown})"
+
+
+class Options:
+    """An ordered set of Params: the options one method (or one step) takes."""
+
+    def __init__(self, *params: Param):
+        self.params = {p.name: p for p in params}
+
+    def __iter__(self):
+        return iter(self.params.values())
+
+    def __contains__(self, name) -> bool:
+        return name in self.params
+
+    def __getitem__(self, name) -> Param:
+        return self.params[name]
+
+    def __add__(self, other: "Options") -> "Options":
+        return Options(*self, *(p for p in other if p.name not in self))
+
+    def defaults(self) -> dict:
+        return {p.name: p.default for p in self}
+
+    def resolve(self, given: Mapping, where: str = "options", label: Callable[[Param], str] | None = None) -> dict:
+        """Every option's checked value, defaults filled in; an unknown name is an InputError naming `where`."""
+        unknown = [name for name in given if name not in self.params]
+        if unknown:
+            fail(where, f"unknown option {unknown[0]!r}; allowed: {', '.join(self.params)}")
+        return {p.name: p.check(given[p.name], label(p) if label else p.name) if p.name in given else p.default
+                for p in self}
+
+    def add_arguments(self, parser, groups: dict, skip: Iterable[str] = ()):
+        """Add each option as a --flag to the argparse group named by its `group` (made on first use)."""
+        for p in self:
+            if p.name in skip:
+                continue
+            if p.group not in groups:
+                groups[p.group] = parser.add_argument_group(p.group)
+            target = groups[p.group]
+            if p.kind is bool:
+                target.add_argument(p.flag, action="store_true", help=p.help)
+            else:
+                target.add_argument(p.flag, type=p.kind, default=p.default, help=p.help_text(),
+                                    nargs="+" if p.many else None, choices=p.choices or None)
+
+
+def check_latent_size(latent_dim: int, n_cells: int, n_peaks: int, name: str = "latent_dim", source="data"):
+    """A latent size must be below the peaks kept and at most the cells kept (a rank-k factorization needs both)."""
+    if latent_dim >= n_peaks:
+        fail(source, f"{name} {latent_dim} must be smaller than the number of peaks kept ({n_peaks})")
+    if latent_dim > n_cells:
+        fail(source, f"{name} {latent_dim} must not exceed the number of cells kept ({n_cells})")
+
+
+# --------------------------------------------------------------------------------------------------
+# The options shared by several methods. A method takes one with its own default by `.but(default=...)`.
+# --------------------------------------------------------------------------------------------------
+LATENT_DIM = Param("latent_dim", int, 10, "number of latent features per cell", low=1)
+
+LABEL_KEY = Param("label_key", str, None, "obs column holding cell-type labels (for .h5ad input)",
+                  none_ok=True, group="data")
+MIN_CELLS_PER_PEAK = Param("min_cells_per_peak", float, 3, low=0, group="data",
+                           help="keep peaks open in at least this many cells (a fraction of cells when < 1; default 3, as SCALE)")
+MAX_CELLS_PER_PEAK = Param("max_cells_per_peak", float, 1.0, low=0, group="data",
+                           help="keep peaks open in at most this many cells (a fraction when <= 1.0; default 1.0 keeps all)")
+MIN_PEAKS_PER_CELL = Param("min_peaks_per_cell", float, 10, low=0, group="data",
+                           help="keep cells with at least this many open peaks (default 10)")
+TRANSFORM = Param("transform", str, "tfidf", choices=TRANSFORMS, group="data",
+                  help="encoder input: binary, tfidf (rows L2-normalized), log (log1p counts), maxabs (per-peak "
+                       "MaxAbsScaler, the original suite's); default tfidf")
+FACTORIZATION_TRANSFORM = TRANSFORM.but(choices=FACTORIZATION_TRANSFORMS,
+                                        help="input of the factorization: counts as they are, or a transform")
+
+N_CLUSTERS = Param("n_clusters", int, None, "K for K-means (default: number of label types, else 8)",
+                   low=1, none_ok=True, group="clustering and run")
+SEED = Param("seed", int, 0, "random seed; the same seed on CPU gives the same feature.txt (default 0)",
+             low=0, group="clustering and run")
+DEVICE = Param("device", str, "auto", "default: cuda, then mps, then cpu", choices=DEVICES, group="clustering and run")
+NO_UMAP = Param("no_umap", bool, False, "skip the UMAP (umap.txt, umap.png)", group="clustering and run")
+THREADS = Param("threads", int, None, "CPU threads for torch (default: torch's choice)", low=1, none_ok=True,
+                group="clustering and run")
+N_INIT = Param("n_init", int, 10, "K-means restarts", low=1, group="clustering and run")
+
+EPOCHS = Param("epochs", int, 60, "passes over the data", low=1, group="training")
+BATCH_SIZE = Param("batch_size", int, 64, "cells per mini-batch", low=1, group="training")
+LR = Param("lr", float, 1e-3, "Adam learning rate", low=0, low_open=True, group="training")
+
+HIDDEN_DIMS = Param("hidden_dims", int, (512, 128), "hidden layer sizes of the encoder (the decoder mirrors them)",
+                    low=1, many=True)
+INPUT_DROPOUT = Param("input_dropout", float, 0.8, "dropout on the input peaks", low=0, high=1, high_open=True)
+DROPOUT = Param("dropout", float, 0.1, "dropout after each hidden layer", low=0, high=1, high_open=True)
+WEIGHT_DECAY = Param("weight_decay", float, 0.0, "Adam weight decay", low=0)
+
+# What every run of a method script takes besides the method's own options: the data and the run.
+FILTER = Options(MIN_CELLS_PER_PEAK, MAX_CELLS_PER_PEAK, MIN_PEAKS_PER_CELL)
+RUN = Options(LABEL_KEY) + FILTER + Options(N_CLUSTERS, SEED, DEVICE, NO_UMAP, THREADS)

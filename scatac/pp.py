@@ -1,0 +1,154 @@
+"""Preprocessing: drop rare peaks and near-empty cells, and scale counts for a model's input.
+
+Matrices are scipy CSR, cells x peaks; nothing here densifies a whole matrix, and the transforms
+keep the counts' sparsity pattern (the autoencoders read their binary target off it).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import fail, info
+from .params import FILTER, TRANSFORMS
+
+
+def _as_count(value, total):
+    """A threshold below 1 (or exactly 1.0) is a fraction of `total`; otherwise a count."""
+    return value * total if value < 1 or (value == 1 and isinstance(value, float)) else value
+
+
+def filter_masks(X: sp.csr_matrix, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10, source="adata"):
+    """Which cells and peaks SCALE's filter keeps: (cell_mask, peak_mask, summary).
+
+    Peaks are kept when open in at least `min_cells_per_peak` and at most `max_cells_per_peak`
+    cells, then cells with at least `min_peaks_per_cell` open peaks among those; peaks that only
+    the dropped cells opened go too. Counted on X's structure, without a copy of the matrix.
+    """
+    n_cells, n_peaks = X.shape
+    cells_per_peak = np.bincount(X.indices, minlength=n_peaks)
+    low = _as_count(min_cells_per_peak, n_cells)
+    high = _as_count(max_cells_per_peak, n_cells)
+    peak_mask = (cells_per_peak >= low) & (cells_per_peak <= high)
+    # open kept peaks per cell, counted without X[:, peaks]'s copy of the matrix
+    kept_so_far = np.zeros(X.nnz + 1, dtype=np.int32 if X.nnz < 2**31 else np.int64)
+    np.cumsum(peak_mask[X.indices], out=kept_so_far[1:])
+    peaks_per_cell = (kept_so_far[X.indptr[1:]] - kept_so_far[X.indptr[:-1]]).astype(np.int64)
+    del kept_so_far
+    cell_mask = peaks_per_cell >= _as_count(min_peaks_per_cell, max(int(peak_mask.sum()), 1))
+    if cell_mask.sum() == 0 or peak_mask.sum() == 0:
+        fail(source, f"nothing left after filtering ({int(cell_mask.sum())} cells x {int(peak_mask.sum())} peaks kept of "
+                     f"{n_cells} x {n_peaks}); lower --min-cells-per-peak / --min-peaks-per-cell")
+    # peaks that only the dropped cells opened carry nothing
+    still_open = np.bincount(X.indices[np.repeat(cell_mask, np.diff(X.indptr))], minlength=n_peaks) > 0
+    in_range = peak_mask.copy()
+    peak_mask &= still_open
+    if peak_mask.sum() < 2:
+        fail(source, f"only {int(peak_mask.sum())} peak left after filtering; lower --min-cells-per-peak")
+    summary = {
+        "cells_before": n_cells,
+        "peaks_before": n_peaks,
+        "cells_after": int(cell_mask.sum()),
+        "peaks_after": int(peak_mask.sum()),
+        "cells_dropped_few_peaks": int(n_cells - cell_mask.sum()),
+        "peaks_dropped_rare": int((cells_per_peak < low).sum()),
+        "peaks_dropped_common": int((cells_per_peak > high).sum()),
+        "peaks_dropped_empty_after_cell_filter": int((~still_open & in_range).sum()),
+    }
+    return cell_mask, peak_mask, summary
+
+
+def filter(adata, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10) -> dict:
+    """Filter `adata` in place (as scanpy's filter_cells / filter_genes): see `filter_masks`.
+
+    Thresholds below 1 are fractions (of cells, or of the peaks kept). The summary (cells and peaks
+    before and after, and why each went) goes to `adata.uns["scatac"]["filter"]` and is returned.
+    """
+    values = FILTER.resolve(dict(min_cells_per_peak=min_cells_per_peak, max_cells_per_peak=max_cells_per_peak,
+                                 min_peaks_per_cell=min_peaks_per_cell), where="filter")
+    provenance = adata.uns.setdefault("scatac", {})
+    cell_mask, peak_mask, summary = filter_masks(adata.X, **values, source=provenance.get("source", "adata"))
+    # one copy of the matrix at a time: old and new coexist only within each step
+    if not cell_mask.all():
+        adata._inplace_subset_obs(cell_mask)
+    if not peak_mask.all():
+        adata._inplace_subset_var(peak_mask)
+    provenance = adata.uns.setdefault("scatac", {})  # subsetting rebuilt uns
+    provenance["filter"] = summary
+    info(f"filter: kept {summary['cells_after']} of {summary['cells_before']} cells x {summary['peaks_after']} of "
+         f"{summary['peaks_before']} peaks (dropped {summary['cells_dropped_few_peaks']} cells with < "
+         f"{values['min_peaks_per_cell']:g} open peaks; {summary['peaks_dropped_rare']} peaks open in < "
+         f"{values['min_cells_per_peak']:g} cells, {summary['peaks_dropped_common']} in > {values['max_cells_per_peak']:g})")
+    return summary
+
+
+TFIDF_BLOCK_NNZ = 1 << 21  # non-zeros per block of tfidf's temporaries
+
+
+def stored_nonzero(X) -> sp.csr_matrix:
+    """X as canonical CSR whose every stored value is non-zero, so its sparsity pattern is exactly
+    the open peaks. X itself when it already is (what load_matrix gives); a cleaned copy otherwise,
+    never a change to the caller's matrix."""
+    if not (sp.issparse(X) and X.format == "csr" and X.has_canonical_format):
+        X = sp.csr_matrix(X, copy=True)
+        X.sum_duplicates()
+    if X.nnz and not np.all(X.data != 0):
+        X = X.copy()
+        X.eliminate_zeros()
+    return X
+
+
+def binarize(X: sp.csr_matrix) -> sp.csr_matrix:
+    """1 where X is non-zero. Shares the indices and indptr of a canonical X (what load_matrix
+    gives) instead of copying them, which matters at 100k x 100k (bench/scale.py)."""
+    X = stored_nonzero(X)
+    return sp.csr_matrix((np.ones(X.nnz, dtype=np.float32), X.indices, X.indptr), shape=X.shape, copy=False)
+
+
+def tfidf(X: sp.csr_matrix, l2_normalize: bool = True) -> sp.csr_matrix:
+    """Signac/ArchR-style TF-IDF on binarized counts: log1p(TF * IDF * 1e4), rows L2-normalized.
+
+    TF = open peaks of a cell / its total, IDF = n_cells / cells opening the peak.
+    The result shares X's indices and indptr when X is canonical: one float32 per non-zero is
+    all it adds (bench/scale.py, 100k x 100k).
+    """
+    X = stored_nonzero(X)
+    n_cells = X.shape[0]
+    depth = np.diff(X.indptr)  # open peaks per cell: every stored value is non-zero
+    df = np.bincount(X.indices, minlength=X.shape[1]).astype(np.float64)
+    idf = n_cells / np.maximum(df, 1)
+    # in row blocks: float64 temporaries per non-zero over the whole matrix were ~4 CSR copies at once
+    data = np.empty(X.nnz, dtype=np.float32)
+    block_rows = max(1, int(TFIDF_BLOCK_NNZ * n_cells / max(X.nnz, 1)))  # about TFIDF_BLOCK_NNZ non-zeros each
+    for start in range(0, n_cells, block_rows):
+        stop = min(start + block_rows, n_cells)
+        lo, hi = X.indptr[start], X.indptr[stop]
+        lengths = np.diff(X.indptr[start : stop + 1])
+        row_of = np.repeat(np.arange(start, stop), lengths)
+        block = np.log1p(1e4 * idf[X.indices[lo:hi]] / depth[row_of])
+        if l2_normalize:
+            # whole rows lie in the block, so their norms are complete here
+            norms = np.sqrt(np.bincount(row_of - start, weights=block * block, minlength=stop - start))
+            block /= np.repeat(np.maximum(norms, 1e-12), lengths)
+        data[lo:hi] = block
+    return sp.csr_matrix((data, X.indices, X.indptr), shape=X.shape, copy=False)
+
+
+def transform(X: sp.csr_matrix, kind: str) -> sp.csr_matrix:
+    """Scale counts for the encoder's input; the result keeps X's sparsity pattern.
+
+    binary: 1 where open; tfidf: see `tfidf`; log: log1p(counts);
+    maxabs: counts scaled per peak by scikit-learn's MaxAbsScaler (the original suite).
+    """
+    if kind == "binary":
+        return binarize(X)
+    if kind == "tfidf":
+        return tfidf(X)
+    if kind == "log":
+        out = X.copy()
+        out.data = np.log1p(out.data).astype(np.float32)
+        return out
+    if kind == "maxabs":
+        from sklearn.preprocessing import MaxAbsScaler
+
+        return sp.csr_matrix(MaxAbsScaler().fit_transform(X), dtype=np.float32)
+    raise ValueError(f"unknown transform {kind!r}; allowed: {', '.join(TRANSFORMS)}")
