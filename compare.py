@@ -2,17 +2,16 @@
 
     python compare.py <data> <outdir> <latent_dim> [labels] --seeds 3
 
-The data are loaded and filtered once; every method then sees the same matrix, the
-same latent size, the same K-means (same k, same n_init) and the same seeds. Each
-method is fitted by its own script's code, in process (AE.fit, VAE.fit, ...,
-common.fit_nmf / common.fit_lsnmf), with LSI (TF-IDF + truncated SVD) as the
-reference and SnapATAC2's spectral embedding when snapatac2 is importable.
+The data are loaded and filtered once; every method then sees the same counts, the same latent
+size, the same K-means (same k, same restarts) and the same seeds, through the same functions a
+script or a notebook calls (scatac.tl.ae, ..., scatac.tl.nmf, scatac.tl.lsnmf), with LSI (TF-IDF +
+truncated SVD) as the reference and SnapATAC2's spectral embedding when snapatac2 is importable.
+Every run's features, clusters and scores stay in memory; the tables and figures are drawn from
+them, and each method's first seed is written as that method's usual results folder.
 """
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -20,154 +19,114 @@ from pathlib import Path
 
 import numpy as np
 
-import common
+from scatac import cli, files, methods, params
+from scatac.errors import InputError, TrainingFailed, info, warn
+from scatac.tl import ae, lsi, lsnmf, nmf, sparse_ae, spectral, stacked_ae, vae
 
-NEURAL = ("AE", "SparseAE", "StackedAE", "VAE")
-FACTORIZATIONS = ("NMF", "LSNMF")
-METHODS = NEURAL + FACTORIZATIONS
-REFERENCES = ("LSI", "SnapATAC2")
-# Epochs chosen by measurement on ../shared/data (see README); StackedAE: pretrain, finetune.
-DEFAULT_EPOCHS = {"AE": 60, "SparseAE": 20, "StackedAE": (5, 20), "VAE": 30}
-DEFAULT_MAX_ITER = {"NMF": 400, "LSNMF": 50}
+FIT = {"AE": ae, "SparseAE": sparse_ae, "StackedAE": stacked_ae, "VAE": vae, "NMF": nmf, "LSNMF": lsnmf,
+       "LSI": lsi, "SnapATAC2": spectral}
+METHODS = tuple(methods.ALL)
+NEURAL = tuple(m.name for m in methods.NEURAL)
 SCORE_KEYS = ("ARI", "NMI", "F1", "silhouette")
 
 
 @dataclass
 class RunResult:
-    """One method at one seed: its features, clusters and scores, or why it failed."""
+    """One method at one seed: its AnnData (the shared counts, its features, clusters, scores), or why it failed."""
 
     method: str
     seed: int
     status: str = "ok"
-    latent: np.ndarray | None = None
-    clusters: np.ndarray | None = None
-    confusion: object = None
+    adata: object = None
+    model: object = None
     scores: dict = field(default_factory=dict)
     train_s: float = float("nan")
     peak_mb: float = float("nan")
-    fit: common.FitResult | None = None
+
+    @property
+    def clusters(self):
+        return self.adata.obs["cluster"].to_numpy()
 
 
-# --------------------------------------------------------------------------
-# Fitting each method through its own code
-# --------------------------------------------------------------------------
-def neural_args(method: str, latent_dim: int, seed: int, options: dict, device_name: str):
-    """The method script's own argparse defaults, with the comparison's shared settings filled in."""
-    module = importlib.import_module(method)
-    epochs = options.get("epochs", {}).get(method, DEFAULT_EPOCHS[method])
-    epochs = list(epochs) if isinstance(epochs, (tuple, list)) else [epochs]
-    argv = [*map(str, epochs), "<data>", "<outdir>", str(latent_dim), "--seed", str(seed), "--device", device_name]
-    argv += ["--transform", options["transform"]] if options.get("transform") else []
-    argv += options.get("extra", {}).get(method, [])
-    args = module.build_parser().parse_args(argv)
-    if hasattr(module, "validate"):
-        module.validate(args)
-    return module, args
-
-
-def fit_method(method: str, dataset: common.Dataset, latent_dim: int, seed: int, device, options: dict) -> common.FitResult:
-    """Features (n_cells, latent_dim) of `dataset` by `method` at `seed`."""
-    if method in NEURAL:
-        module, args = neural_args(method, latent_dim, seed, options, device.type)
-        args.n_label_types = len(set(dataset.labels)) if dataset.labels is not None else None
-        common.set_seed(seed)
-        data = common.TrainData.from_counts(dataset.X, args.transform)
-        return module.fit(data, args, device)
-    if method in FACTORIZATIONS:
-        fit = common.fit_nmf if method == "NMF" else common.fit_lsnmf
-        max_iter = options.get("max_iter", {}).get(method, DEFAULT_MAX_ITER[method])
-        cell_factors, loadings, details = fit(dataset.X, rank=latent_dim, seed=seed, max_iter=max_iter)
-        return common.FitResult(latent=cell_factors, extra_uns={"factorization": details}, model=None,
-                                model_config={"loadings": loadings})
-    if method == "LSI":
-        return common.FitResult(latent=common.lsi(dataset.X, latent_dim, seed=seed))
-    if method == "SnapATAC2":
-        return common.FitResult(latent=snapatac2_spectral(dataset, latent_dim, seed))
-    raise ValueError(f"unknown method {method!r}")
-
-
-def snapatac2_available() -> bool:
-    try:
-        import snapatac2  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def snapatac2_spectral(dataset: common.Dataset, latent_dim: int, seed: int) -> np.ndarray:
-    """SnapATAC2's spectral embedding (cosine similarity, all filtered peaks as features)."""
+def fresh(adata):
+    """A new AnnData over the same counts (not copied), labels and filter record: one run's workspace."""
     import anndata
-    import snapatac2 as snap
 
-    adata = anndata.AnnData(X=common.binarize(dataset.X))
-    adata.var["selected"] = True
-    snap.tl.spectral(adata, n_comps=latent_dim, features="selected", random_state=seed)
-    return np.asarray(adata.obsm["X_spectral"], dtype=np.float32)
+    run = anndata.AnnData(X=adata.X, obs=adata.obs[[c for c in ("label",) if c in adata.obs]].copy(),
+                          var=adata.var[[]].copy())
+    run.uns["scatac"] = dict(adata.uns.get("scatac", {}))
+    return run
 
 
-def run_one(method, dataset, latent_dim, seed, device, options, n_clusters, n_init) -> RunResult:
-    """Fit, cluster and score one method at one seed; a failure becomes a row, not a crash."""
-    result = RunResult(method=method, seed=seed)
+def run_one(method: str, adata, latent_dim: int, seed: int, options: dict, n_clusters: int, n_init: int,
+            trainer=None, debug: bool = False) -> RunResult:
+    """Fit, cluster and score one method at one seed; a failure becomes that row's status, not a crash."""
+    from scatac import tl
+    from scatac.measure import PeakMemory
+
+    result = RunResult(method=method, seed=seed, adata=fresh(adata))
     started = time.perf_counter()
     try:
-        with common.PeakMemory() as memory:
-            fit = fit_method(method, dataset, latent_dim, seed, device, options)
-        result.train_s = time.perf_counter() - started
-        result.peak_mb = memory.peak_mb
-        latent = np.asarray(fit.latent, dtype=np.float32)
-        if latent.shape != (dataset.n_cells, latent_dim) or not np.all(np.isfinite(latent)):
-            raise common.TrainingFailed(f"features of shape {latent.shape} with non-finite values" if latent.ndim == 2
-                                        else f"features of shape {latent.shape}")
-        result.fit, result.latent = fit, latent
-        result.clusters, result.scores, result.confusion = common.evaluate(latent, dataset.labels, n_clusters, seed, n_init=n_init)
-    except (common.InputError, KeyboardInterrupt):
+        with PeakMemory() as memory:
+            extra = {"trainer": trainer} if method in NEURAL else {}
+            result.model = FIT[method](result.adata, latent_dim, seed=seed, **options.get(method, {}), **extra)
+        result.train_s, result.peak_mb = time.perf_counter() - started, memory.peak_mb
+        features = result.adata.obsm[f"X_{method}"]
+        if features.shape != (adata.n_obs, latent_dim) or not np.all(np.isfinite(features)):
+            raise TrainingFailed(f"features of shape {features.shape}" + (" with non-finite values" if features.ndim == 2 else ""))
+        result.scores = tl.cluster(result.adata, use_rep=f"X_{method}", labels_key="label" if "label" in adata.obs else None,
+                                   n_clusters=n_clusters, seed=seed, n_init=n_init)
+    except (InputError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a failing method is reported, the comparison goes on
         reason = f"{exc.__class__.__name__}: {exc}".replace("\t", " ").replace("\n", " ")
         result.status = f"failed: {reason[:200]}"
         result.train_s = time.perf_counter() - started
-        common.warn(f"{method} (seed {seed}) failed: {reason}")
-        if options.get("debug"):
+        warn(f"{method} (seed {seed}) failed: {reason}")
+        if debug:
             traceback.print_exc()
     return result
 
 
-def run_comparison(dataset: common.Dataset, methods, latent_dim: int, seeds, device, options=None,
-                   n_clusters=None, n_init: int = 10, progress: bool = True) -> list:
-    """Every method at every seed on the same filtered `dataset`; returns RunResults in order."""
+def run_comparison(adata, names, latent_dim: int, seeds, options: dict | None = None, n_clusters=None, n_init: int = 10,
+                   device=None, progress: bool = True, debug: bool = False) -> list:
+    """Every method at every seed on the same filtered `adata`; returns RunResults in order."""
+    import sys
+
     from tqdm.auto import tqdm
 
-    options = options or {}
-    if n_clusters is None:
-        n_clusters = len(set(dataset.labels)) if dataset.labels is not None else 8
-    jobs = [(m, s) for m in methods for s in seeds]
+    from scatac.evaluate import default_n_clusters
+    from scatac.train import Trainer
+
+    options = {name: dict(given) for name, given in (options or {}).items()}
+    n_clusters = n_clusters or default_n_clusters(adata.obs["label"] if "label" in adata.obs else None)
+    for method in methods.NEURAL:
+        for name in method.sized_by_clusters:
+            options.setdefault(method.name, {}).setdefault(name, n_clusters)
+    trainer = Trainer(device=device, progress=progress, leave_progress=False)
+    jobs = [(m, s) for m in names for s in seeds]
+    bar = tqdm(jobs, desc="compare", unit="run", disable=not progress, file=sys.stderr)
     results = []
-    common.NESTED_PROGRESS = True
-    try:
-        bar = tqdm(jobs, desc="compare", unit="run", disable=not progress, file=sys.stderr)
-        for method, seed in bar:
-            bar.set_postfix(method=method, seed=seed)
-            results.append(run_one(method, dataset, latent_dim, seed, device, options, n_clusters, n_init))
-    finally:
-        common.NESTED_PROGRESS = False
+    for method, seed in bar:
+        bar.set_postfix(method=method, seed=seed)
+        results.append(run_one(method, adata, latent_dim, seed, options, n_clusters, n_init, trainer, debug))
     return results
 
 
 # --------------------------------------------------------------------------
 # Summaries
 # --------------------------------------------------------------------------
-def summarize(results: list, methods) -> list:
+def summarize(results: list, names) -> list:
     """One row per method: mean and standard deviation over seeds of each score, seconds, peak MiB."""
     rows = []
-    for method in methods:
+    for method in names:
         runs = [r for r in results if r.method == method]
         ok = [r for r in runs if r.status == "ok"]
         row = {"method": method, "n_seeds": len(ok), "status": "ok" if len(ok) == len(runs) else next(r.status for r in runs if r.status != "ok")}
-        keys = [k for k in SCORE_KEYS if any(k in r.scores for r in ok)] or list(SCORE_KEYS)
         for key in SCORE_KEYS:
             values = [r.scores[key] for r in ok if key in r.scores and not math.isnan(r.scores[key])]
-            row[f"{key}_mean"] = float(np.mean(values)) if values and key in keys else float("nan")
-            row[f"{key}_std"] = float(np.std(values)) if values and key in keys else float("nan")
+            row[f"{key}_mean"] = float(np.mean(values)) if values else float("nan")
+            row[f"{key}_std"] = float(np.std(values)) if values else float("nan")
         row["train_s"] = float(np.mean([r.train_s for r in ok])) if ok else float("nan")
         row["peak_mb"] = float(np.max([r.peak_mb for r in ok])) if ok else float("nan")
         rows.append(row)
@@ -183,199 +142,160 @@ def format_cell(value):
     return str(value)
 
 
-def render_table(rows, columns=TABLE_COLUMNS) -> str:
-    """A plain aligned text table for the terminal."""
-    cells = [[format_cell(row.get(c, "")) for c in columns] for row in rows]
+def render_table(rows, columns=TABLE_COLUMNS, fmt=format_cell) -> str:
+    """A plain aligned text table for the terminal; `fmt` turns each value into its text."""
+    cells = [[fmt(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
     return "\n".join(lines)
 
 
-def pairwise_agreement(results: list, methods) -> list:
+def pairwise_agreement(results: list, names) -> list:
     """ARI between the first-seed clusterings of every pair of methods (label-free agreement)."""
     from sklearn.metrics import adjusted_rand_score
 
-    first = {m: next((r for r in results if r.method == m and r.status == "ok"), None) for m in methods}
+    first = {m: next((r for r in results if r.method == m and r.status == "ok"), None) for m in names}
     rows = []
-    for a in methods:
+    for a in names:
         row = {"method": a}
-        for b in methods:
+        for b in names:
             ra, rb = first[a], first[b]
             row[b] = float(adjusted_rand_score(ra.clusters, rb.clusters)) if ra is not None and rb is not None else float("nan")
         rows.append(row)
     return rows
 
 
-def plot_comparison(path, rows, labelled: bool, title: str):
-    plt = common._pyplot()
-    metrics = ["ARI", "NMI", "F1", "silhouette"] if labelled else ["silhouette"]
-    methods = [r["method"] for r in rows]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(methods) * len(metrics) / 2.5, 4))
-    width = 0.8 / len(metrics)
-    x = np.arange(len(methods))
-    for i, metric in enumerate(metrics):
-        means = [r[f"{metric}_mean"] for r in rows]
-        stds = [0 if math.isnan(r[f"{metric}_std"]) else r[f"{metric}_std"] for r in rows]
-        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, np.nan_to_num(means), width, yerr=stds, capsize=2, label=metric)
-    for j, r in enumerate(rows):
-        if r["status"] != "ok" and r["n_seeds"] == 0:
-            ax.text(j, 0.02, "failed", ha="center", va="bottom", rotation=90, fontsize=8, color="red")
-    ax.set_xticks(x, methods, rotation=30, ha="right")
-    ax.set_ylabel("score (mean ± sd over seeds)")
-    ax.set_ylim(min(0, *(np.nan_to_num([r["silhouette_mean"] for r in rows]))) - 0.05, 1.05)
-    ax.axhline(0, color="black", linewidth=0.5)
-    ax.legend(fontsize=8, ncol=len(metrics), loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
-    ax.set_title(title, fontsize=10)
-    common.save_figure(fig, path)
-
-
-def plot_umap_grid(path, panels: list, labels):
-    """One UMAP panel per method; the same label has the same colour in every panel."""
-    plt = common._pyplot()
-    n = len(panels)
-    ncols = min(4, n)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + (1.8 if labels is not None else 0), 3.4 * nrows), squeeze=False)
-    colors = common.category_colors(labels) if labels is not None else None
-    for ax, (method, coords, groups) in zip(axes.ravel(), panels):
-        common.plot_embedding(ax, coords, groups, method, colors=colors or common.category_colors(groups), legend=labels is None)
-        ax.set_xlabel("")
-        ax.set_ylabel("")
-    for ax in axes.ravel()[n:]:
-        ax.axis("off")
-    if labels is not None:
-        handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[name], label=name) for name in colors]
-        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
-    common.save_figure(fig, path)
-
-
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
+def epochs_flag(method: methods.Method) -> str:
+    return f"--{method.name.lower()}-epochs"
+
+
+def max_iter_flag(method: methods.Method) -> str:
+    return f"--{method.name.lower()}-max-iter"
+
+
 def build_parser():
-    parser = common.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="compare.py",
         description="Run the suite's methods (and LSI, SnapATAC2 when installed) on the same data with the same "
                     "settings; write comparison.tsv, comparison.png, umap_grid.png and each method's outputs.",
     )
-    parser.add_argument("data", help="10x/SCALE folder, Cell Ranger .h5, .h5ad, .mtx[.gz] or peaks x cells table")
-    parser.add_argument("outdir", help="output folder (created if missing)")
-    parser.add_argument("latent_dim", type=common.positive_int, help="latent size shared by every method")
-    parser.add_argument("labels", nargs="?", default=None, help="optional labels file (barcode<TAB>label, or one per line)")
+    cli.add_data_arguments(parser, latent_help="latent size shared by every method")
     group = parser.add_argument_group("comparison")
     group.add_argument("--methods", default=",".join(METHODS),
                        help=f"comma-separated subset of {','.join(METHODS)} (default: all); LSI is always added")
-    group.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
-    group.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+N-1 (default 0)")
-    group.add_argument("--n-init", type=int, default=10, help="K-means restarts, the same for every method (default 10)")
+    group.add_argument("--seeds", type=int, default=3, help="number of seeds, first-seed .. first-seed+N-1 (default 3)")
+    group.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
+    group.add_argument("--n-init", type=int, default=params.N_INIT.default, help="K-means restarts, the same for every method (default 10)")
     group.add_argument("--no-snapatac2", action="store_true", help="skip SnapATAC2 even when it is installed")
     group.add_argument("--debug", action="store_true", help="print the traceback of a method that fails")
     group = parser.add_argument_group("epochs per method (defaults chosen by measurement; see README)")
-    group.add_argument("--ae-epochs", type=int, default=DEFAULT_EPOCHS["AE"], help=f"AE epochs (default {DEFAULT_EPOCHS['AE']})")
-    group.add_argument("--sparseae-epochs", type=int, default=DEFAULT_EPOCHS["SparseAE"], help=f"SparseAE epochs (default {DEFAULT_EPOCHS['SparseAE']})")
-    group.add_argument("--stackedae-epochs", type=int, nargs=2, metavar=("PRETRAIN", "FINETUNE"), default=list(DEFAULT_EPOCHS["StackedAE"]),
-                       help="StackedAE pretraining epochs per layer and fine-tuning epochs (default %d %d)" % DEFAULT_EPOCHS["StackedAE"])
-    group.add_argument("--vae-epochs", type=int, default=DEFAULT_EPOCHS["VAE"], help=f"VAE epochs (default {DEFAULT_EPOCHS['VAE']})")
-    group.add_argument("--nmf-max-iter", type=int, default=DEFAULT_MAX_ITER["NMF"], help=f"NMF iterations (default {DEFAULT_MAX_ITER['NMF']})")
-    group.add_argument("--lsnmf-max-iter", type=int, default=DEFAULT_MAX_ITER["LSNMF"], help=f"LSNMF iterations (default {DEFAULT_MAX_ITER['LSNMF']})")
-    common.add_data_arguments(parser)
+    for method in methods.NEURAL:
+        defaults = [method.options[name].default for name in method.epochs]
+        several = len(method.epochs) > 1
+        group.add_argument(epochs_flag(method), type=int, nargs=len(method.epochs) if several else None,
+                           default=defaults if several else defaults[0],
+                           metavar=tuple(n.split("_")[0].upper() for n in method.epochs) if several else None,
+                           help=f"{method.name} {' and '.join(method.epochs)} (default {' '.join(map(str, defaults))})")
+    for method in methods.FACTORIZATIONS:
+        default = method.options["max_iter"].default
+        group.add_argument(max_iter_flag(method), type=int, default=default, help=f"{method.name} iterations (default {default})")
+    groups = {}
+    params.RUN.add_arguments(parser, groups, skip=("seed",))
+    groups["data"].add_argument("--transform", choices=params.TRANSFORMS, default=params.TRANSFORM.default,
+                                help="input transform of the autoencoders (default tfidf)")
     return parser
 
 
-def parse_methods(text: str) -> list:
-    wanted = [m.strip() for m in text.split(",") if m.strip()]
-    by_lower = {m.lower(): m for m in METHODS}
-    unknown = [m for m in wanted if m.lower() not in by_lower]
-    if unknown or not wanted:
-        common.fail("--methods", f"unknown method {unknown[0]!r}; allowed: {', '.join(METHODS)}" if unknown else "no method given")
-    return list(dict.fromkeys(by_lower[m.lower()] for m in wanted))
-
-
 def options_from_args(args) -> dict:
-    for name in ("ae_epochs", "sparseae_epochs", "vae_epochs", "nmf_max_iter", "lsnmf_max_iter"):
-        if getattr(args, name) < 1:
-            common.fail("--" + name.replace("_", "-"), f"must be at least 1, got {getattr(args, name)}")
-    if min(args.stackedae_epochs) < 1:
-        common.fail("--stackedae-epochs", f"must be at least 1, got {args.stackedae_epochs}")
-    return {
-        "epochs": {"AE": args.ae_epochs, "SparseAE": args.sparseae_epochs, "StackedAE": tuple(args.stackedae_epochs), "VAE": args.vae_epochs},
-        "max_iter": {"NMF": args.nmf_max_iter, "LSNMF": args.lsnmf_max_iter},
-        "transform": args.transform,
-        "debug": args.debug,
-    }
+    """Each method's options from compare's flags, checked by the methods' own rules."""
+    options = {}
+    for method in methods.NEURAL:
+        values = getattr(args, epochs_flag(method)[2:].replace("-", "_"))
+        given = dict(zip(method.epochs, values if isinstance(values, list) else [values]))
+        options[method.name] = method.options.resolve({**given, "transform": args.transform}, where=epochs_flag(method),
+                                                      label=lambda p, m=method: epochs_flag(m))
+    for method in methods.FACTORIZATIONS:
+        value = getattr(args, max_iter_flag(method)[2:].replace("-", "_"))
+        options[method.name] = {"max_iter": method.options["max_iter"].check(value, max_iter_flag(method))}
+    return options
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    common.validate_common(args)
-    methods = parse_methods(args.methods)
+    run = params.RUN.resolve({p.name: getattr(args, p.name) for p in params.RUN if p.name != "seed"}, label=lambda p: p.flag)
+    latent_dim = params.LATENT_DIM.check(args.latent_dim, "latent_dim")
+    names = methods.parse_names(args.methods, METHODS, where="--methods")
     options = options_from_args(args)
-    if args.seeds < 1:
-        common.fail("--seeds", f"must be at least 1, got {args.seeds}")
-    if args.n_init < 1:
-        common.fail("--n-init", f"must be at least 1, got {args.n_init}")
-    device = common.select_device(args.device)
-    dataset = common.prepare_dataset(args.data, args.labels, args)
-    common.check_latent_dim(args.latent_dim, dataset.n_peaks, args.data)
-    outdir, created = common.prepare_outdir(args.outdir)
-    all_methods = methods + ["LSI"]
+    seeds = params.Param("seeds", int, low=1).check(args.seeds, "--seeds")
+    first_seed = params.SEED.check(args.first_seed, "--first-seed")
+    n_init = params.N_INIT.check(args.n_init, "--n-init")
+    files.check_outdir(args.outdir)
+    import scatac
+    from scatac import runtime
+
+    device = runtime.select_device(run["device"])
+    adata = scatac.read(args.data, labels=args.labels, label_key=run["label_key"])
+    scatac.pp.filter(adata, **{name: run[name] for name in params.FILTER.params})
+    params.check_latent_size(latent_dim, adata.n_obs, adata.n_vars, source=args.data)
+    names.append("LSI")
     if not args.no_snapatac2:
-        if snapatac2_available():
-            all_methods.append("SnapATAC2")
-        else:
-            common.info("note: snapatac2 is not installed; its spectral reference is skipped (pip install snapatac2)")
-    common.configure_torch(args)
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    with common.output_guard(outdir, created):
-        results = run_comparison(dataset, all_methods, args.latent_dim, seeds, device, options, args.n_clusters, args.n_init)
-        write_outputs(outdir, dataset, results, all_methods, args, device)
+        try:
+            import snapatac2  # noqa: F401
+
+            names.append("SnapATAC2")
+        except ImportError:
+            info("note: snapatac2 is not installed; its spectral reference is skipped (pip install snapatac2)")
+    runtime.set_threads(run["threads"])
+    seed_list = list(range(first_seed, first_seed + seeds))
+    results = run_comparison(adata, names, latent_dim, seed_list, options, run["n_clusters"], n_init, device)
+    outdir, created = files.prepare_outdir(args.outdir)
+    with files.output_guard(outdir, created):
+        write_outputs(outdir, adata, results, names, {**vars(args), **run, "device": str(device)}, seeds)
     return results
 
 
-def write_outputs(outdir: Path, dataset, results, methods, args, device):
+def write_outputs(outdir: Path, adata, results, names, settings: dict, n_seeds: int):
     """Each method's usual files (first seed) in its subfolder, then the table and the two figures."""
-    labelled = dataset.labels is not None
-    settings = {**common.settings_from_args(args), "device": str(device)}
+    from scatac import export, pl, tl
+
+    labelled = "label" in adata.obs
+    labels_key = "label" if labelled else None
     panels = []
-    for method in methods:
+    for method in names:
         first = next((r for r in results if r.method == method and r.status == "ok"), None)
         if first is None:
             continue
+        if not settings["no_umap"]:
+            tl.umap(first.adata, use_rep=f"X_{method}", seed=first.seed)
+            groups = adata.obs["label"].astype(str).to_numpy() if labelled else first.adata.obs["cluster"].astype(str).to_numpy()
+            panels.append((method, np.asarray(first.adata.obsm["X_umap"]), groups))
         folder = outdir / method
         folder.mkdir(exist_ok=True)
-        timings = {"train_s": first.train_s}
-        per_seed = [r for r in results if r.method == method]
-        common.write_table(folder / "scores_by_seed.tsv", ["seed", "status", *SCORE_KEYS, "train_s", "peak_mb"],
-                           [[r.seed, r.status, *[common.format_float(r.scores.get(k, float("nan"))) for k in SCORE_KEYS],
-                             common.format_float(r.train_s), common.format_float(r.peak_mb)] for r in per_seed])
-        fit = first.fit
-        if fit.model is not None:
-            common.save_model(folder / "model.pt", fit.model, fit.model_config)
-        elif "loadings" in fit.model_config:
-            common.write_loadings(folder / "loadings.tsv", fit.model_config["loadings"], dataset.peaks, method)
-        common.export_results(folder, method, dataset, first.latent, first.seed, args.n_clusters, {**settings, "method": method},
-                              timings, history=fit.history, extra_uns=fit.extra_uns, n_init=args.n_init, quiet=True,
-                              evaluation=(first.clusters, first.scores, first.confusion), umap=not args.no_umap)
-        if not args.no_umap:
-            coords = np.loadtxt(folder / "umap.txt", skiprows=1, usecols=(1, 2), delimiter="\t", ndmin=2)
-            groups = dataset.labels if labelled else [f"cluster {c}" for c in first.clusters]
-            panels.append((method, coords, groups))
+        files.write_table(folder / "scores_by_seed.tsv", ["seed", "status", *SCORE_KEYS, "train_s", "peak_mb"],
+                          [[r.seed, r.status, *[files.format_float(r.scores.get(k, float("nan"))) for k in SCORE_KEYS],
+                            files.format_float(r.train_s), files.format_float(r.peak_mb)] for r in results if r.method == method])
+        export.write_results(folder, first.adata, method, labels_key=labels_key, model=first.model,
+                             settings={**settings, "method": method}, seconds={"train_s": first.train_s})
+        export.write_figures(folder, first.adata, method, labels_key=labels_key)
 
-    rows = summarize(results, methods)
-    common.write_table(outdir / "comparison.tsv", TABLE_COLUMNS, [[format_cell(r[c]) for c in TABLE_COLUMNS] for r in rows])
-    title = f"{Path(str(args.data)).name}: {len(rows)} methods, latent {args.latent_dim}, seeds {args.seeds}"
-    plot_comparison(outdir / "comparison.png", rows, labelled, title)
+    rows = summarize(results, names)
+    files.write_table(outdir / "comparison.tsv", TABLE_COLUMNS, [[format_cell(r[c]) for c in TABLE_COLUMNS] for r in rows])
+    title = f"{Path(str(settings['data'])).name}: {len(rows)} methods, latent {settings['latent_dim']}, seeds {n_seeds}"
+    files.save_figure(pl.comparison(rows, labelled, title), outdir / "comparison.png")
     if not labelled:
-        agreement = pairwise_agreement(results, methods)
-        common.write_table(outdir / "agreement.tsv", ["method", *methods],
-                           [[r["method"], *[common.format_float(r[m]) for m in methods]] for r in agreement])
+        agreement = pairwise_agreement(results, names)
+        files.write_table(outdir / "agreement.tsv", ["method", *names],
+                          [[r["method"], *[files.format_float(r[m]) for m in names]] for r in agreement])
     if panels:
-        plot_umap_grid(outdir / "umap_grid.png", panels, dataset.labels if labelled else None)
+        files.save_figure(pl.umap_grid(panels, adata.obs["label"].astype(str).to_numpy() if labelled else None),
+                          outdir / "umap_grid.png")
     print(render_table(rows))
     print(f"comparison: results in {outdir}")
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    cli.run_cli(main)

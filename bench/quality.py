@@ -1,25 +1,39 @@
 """bench/quality.py: clustering quality of each method on the real labelled data sets.
 
     python bench/quality.py [--datasets hemato600,schep600] [--methods AE,VAE,...] [--seeds 1] [--out table.tsv]
+                            [--epochs AE=100,StackedAE=30:100] [--transform binary] [--hidden-dims 256 64 ...]
 
-A thin use of compare.py: the same loading, filtering, fitting and scoring path,
-run over several data sets, with LSI (TF-IDF + truncated SVD, as Signac and ArchR
-do it) in the same run as the reference, and SnapATAC2's spectral embedding when
-snapatac2 is importable. Prints one table (method, dataset, ARI, NMI, F1,
-silhouette, seconds) and writes it with --out.
+A thin use of compare.py: the same loading, filtering, fitting and scoring path, run over several
+data sets, with LSI (TF-IDF + truncated SVD, as Signac and ArchR do it) in the same run as the
+reference, and SnapATAC2's spectral embedding when snapatac2 is importable. Other --flags are
+options of the autoencoders, given to each one that declares them. Prints one table (method,
+dataset, ARI, NMI, F1, silhouette, seconds) and writes it with --out.
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import common  # noqa: E402
 import compare  # noqa: E402
+from scatac import cli, files, methods, params  # noqa: E402
+from scatac.errors import fail  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
+
+
+def epochs_options(text: str) -> dict:
+    """'AE=100,StackedAE=30:100' -> {'AE': {'epochs': 100}, 'StackedAE': {'pretrain_epochs': 30, 'finetune_epochs': 100}}."""
+    options = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        method = methods.ALL[methods.parse_names(name, [m.name for m in methods.NEURAL], where="--epochs")[0]]
+        values = [int(v) for v in value.split(":")]
+        if len(values) != len(method.epochs):
+            fail("--epochs", f"{method.name} takes {len(method.epochs)} value(s) ({':'.join(method.epochs)}), got {value!r}")
+        options[method.name] = dict(zip(method.epochs, values))
+    return options
 
 
 def main(argv=None):
@@ -31,37 +45,40 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--out", default=None, help="also write the table here (tab-separated)")
     parser.add_argument("--no-snapatac2", action="store_true")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", choices=params.DEVICES)
     parser.add_argument("--epochs", default="", help="per-method epochs, e.g. AE=100,VAE=150,StackedAE=30:100")
-    parser.add_argument("--transform", default=None, choices=common.TRANSFORMS, help="input transform for the autoencoders")
     args, extra = parser.parse_known_args(argv)
 
-    methods = compare.parse_methods(args.methods) + ["LSI"]
-    if not args.no_snapatac2 and compare.snapatac2_available():
-        methods.append("SnapATAC2")
-    options = {"epochs": {}, "transform": args.transform, "extra": {}}
-    for item in filter(None, args.epochs.split(",")):
-        name, value = item.split("=")
-        options["epochs"][name] = tuple(int(v) for v in value.split(":")) if ":" in value else int(value)
-    for method in compare.NEURAL:
-        options["extra"][method] = extra  # unknown flags go to the neural scripts (e.g. --hidden-dims 256 64)
-    device = common.select_device(args.device)
-    filter_args = argparse.Namespace(label_key=None, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10)
+    import scatac
+    from scatac import runtime
+
+    names = methods.parse_names(args.methods, compare.METHODS, where="--methods") + ["LSI"]
+    if not args.no_snapatac2:
+        try:
+            import snapatac2  # noqa: F401
+
+            names.append("SnapATAC2")
+        except ImportError:
+            pass
+    options = epochs_options(args.epochs)
+    for method in methods.NEURAL:
+        options.setdefault(method.name, {}).update(cli.option_overrides(method, extra))
+    device = runtime.select_device(args.device)
 
     rows = []
     for name in filter(None, args.datasets.split(",")):
         folder = Path(name) if Path(name).exists() else SHARED / name
-        dataset = common.prepare_dataset(folder, folder / "labels.txt", filter_args)
-        results = compare.run_comparison(dataset, methods, args.latent_dim, list(range(args.seeds)), device, options)
-        for row in compare.summarize(results, methods):
+        adata = scatac.read(folder, labels=folder / "labels.txt")
+        scatac.pp.filter(adata)
+        results = compare.run_comparison(adata, names, args.latent_dim, list(range(args.seeds)), options, device=device)
+        for row in compare.summarize(results, names):
             rows.append({"dataset": folder.name, **row})
     columns = ["method", "dataset", "ARI_mean", "NMI_mean", "F1_mean", "silhouette_mean", "ARI_std", "train_s", "status"]
-    table = compare.render_table(rows, columns)
-    print(table)
+    print(compare.render_table(rows, columns))
     if args.out:
-        common.write_table(args.out, columns, [[compare.format_cell(r[c]) for c in columns] for r in rows])
+        files.write_table(args.out, columns, [[compare.format_cell(r[c]) for c in columns] for r in rows])
     return rows
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    cli.run_cli(main)

@@ -4,14 +4,15 @@
                           [--epochs 1] [--max-batches 0] [--umap] [--export] [--batch-size N]
                           [--out scale.tsv] [--quick]
 
-For each size the project's simulator (common.simulate_atac: binary-ish counts, about 2%
-non-zero, several cell types) makes one CSR matrix, written once to an .h5ad in a temporary
-folder. Each method then runs in its own child process (so one method's memory does not
-pollute the next) through the same code compare.py uses (compare.fit_method):
-common.load_matrix -> common.filter_dataset -> fit -> common.evaluate (K-means + scores),
-and optionally common.run_umap. Columns:
+For each size the project's simulator (scatac.simulate: binary-ish counts, about 2% non-zero,
+several cell types) makes one CSR matrix, written once to an .h5ad in a temporary folder. Each
+method then runs in its own child process (so one method's memory does not pollute the next)
+through the functions a script runs: scatac.read -> scatac.pp.filter -> scatac.tl.<method> ->
+scatac.tl.cluster (K-means + scores), and optionally scatac.tl.umap and scatac.export. A
+train.Trainer carries the limit on batches, keeps the timing of each training call, and with
+--profile runs each call under torch.profiler. Columns:
 
-  load_s        common.load_matrix on the .h5ad
+  load_s        scatac.read on the .h5ad
   epoch_s       seconds per training epoch (neural: train() wall time / epochs; with --max-batches N
                 only N batches per epoch are run, batches 2..N timed (the first pays one-off costs)
                 and scaled to a full epoch, marked "~" in epoch_note; NMF/LSNMF: seconds per iteration)
@@ -21,8 +22,9 @@ and optionally common.run_umap. Columns:
   csr_mb        data + indices + indptr bytes of the simulated (unfiltered) CSR matrix
   mem_ratio     peak_rss_mb / csr_mb
   within_budget peak RSS <= 3 x CSR + 1 GiB
-  export_s      with --export: common.export_results into a temporary folder (feature.txt, clusters,
-                scores, confusion, UMAP and its figure, result.h5ad with the counts, run.json)
+  umap_s        with --umap: scatac.tl.umap
+  export_s      with --export: scatac.export into a temporary folder (feature.txt, clusters, scores,
+                confusion, umap.txt, result.h5ad with the counts, run.json, and the figures)
   achieved_gflops (AE only) FLOPs of the AE's layers per second over the training epoch: the dense
                 nn.Linear products plus the sparse first layer's 2 x nnz x 512 (forward and grad-weight)
   mm_gflops     what plain torch.mm reaches, in the same process, on the dense layers' shapes at the
@@ -32,7 +34,6 @@ and optionally common.run_umap. Columns:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -46,8 +47,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-NEURAL = ("AE", "SparseAE", "StackedAE", "VAE")
-ALL_METHODS = NEURAL + ("NMF", "LSNMF", "LSI")
+import compare  # noqa: E402  (light: no torch)
+from scatac import files, methods  # noqa: E402
+from scatac.errors import InputError  # noqa: E402
+
+ALL_METHODS = tuple(methods.ALL) + ("LSI",)
 DEFAULT_SIZES = "10000x100000,50000x100000,100000x100000"
 QUICK_SIZES = "2000x5000,4000x5000"
 COLUMNS = ["n_cells", "n_peaks", "method", "cells_kept", "peaks_kept", "nnz", "csr_mb", "load_s", "filter_s", "fit_s",
@@ -83,9 +87,12 @@ def linear_flops_per_cell(model, nnz_per_cell: float) -> tuple[float, float, lis
     import torch.nn as nn
 
     try:
-        from AE import PeakLinear
-    except ImportError:  # a checkout from before the sparse first layer, measured for a before/after table
-        PeakLinear = ()
+        from scatac.nn import PeakLinear
+    except ImportError:  # a checkout from before the package (or the sparse first layer), for a before/after table
+        try:
+            from AE import PeakLinear
+        except ImportError:
+            PeakLinear = ()
 
     dense, sparse, shapes = 0.0, 0.0, []
     for module in model.modules():
@@ -103,16 +110,12 @@ def mm_reference_gflops(shapes, batch_size: int, repeats: int = 3) -> float:
 
     gen = torch.Generator().manual_seed(0)
     flops, elapsed = 0.0, float("inf")
-    tensors = []
-    for i, (n_in, n_out) in enumerate(shapes, start=1):
-        x = torch.rand(batch_size, n_in, generator=gen)
-        w = torch.rand(n_in, n_out, generator=gen)
-        g = torch.rand(batch_size, n_out, generator=gen)
-        tensors.append((i, x, w, g))
+    tensors = [(torch.rand(batch_size, n_in, generator=gen), torch.rand(n_in, n_out, generator=gen),
+                torch.rand(batch_size, n_out, generator=gen)) for n_in, n_out in shapes]
     for _ in range(repeats):
         started = time.perf_counter()
         step_flops = 0.0
-        for i, x, w, g in tensors:
+        for x, w, g in tensors:
             torch.mm(x, w)  # forward
             torch.mm(x.t(), g)  # grad weight
             torch.mm(g, w.t())  # grad input
@@ -122,141 +125,109 @@ def mm_reference_gflops(shapes, batch_size: int, repeats: int = 3) -> float:
     return flops / elapsed / 1e9
 
 
+def profiling_trainer(**fields):
+    """A Trainer that runs each train() call under torch.profiler and keeps the top operators' table."""
+    import torch.profiler
+
+    from scatac.train import Trainer
+
+    class ProfilingTrainer(Trainer):
+        def __post_init__(self):
+            super().__post_init__()
+            self.tables = []
+
+        def train(self, model, data, *args, **kwargs):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+                history = super().train(model, data, *args, **kwargs)
+            self.tables.append(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+            return history
+
+    return ProfilingTrainer(**fields)
+
+
+def epoch_seconds(calls: list, max_batches: int) -> tuple[float, bool]:
+    """Seconds of one full epoch of each train() call (StackedAE: each stage), summed, and whether any was
+    extrapolated from the first `max_batches` batches (from batches 2..N: the first pays one-off costs)."""
+    per_epoch, limited_any = 0.0, False
+    for call in calls:
+        n_full = call["batches_per_epoch"]
+        run = min(max_batches, n_full) if max_batches else n_full
+        limited_any |= run < n_full
+        if limited_any and call["steady_batches"] > 0:
+            per_epoch += call["steady_seconds"] / call["steady_batches"] * n_full
+        else:
+            per_epoch += call["seconds"] / call["epochs"] * n_full / run
+    return per_epoch, limited_any
+
+
 def child(spec: dict) -> dict:
     base_rss = rss_mb()
-    import numpy as np
+    import scatac
+    from scatac import export, runtime
+    from scatac.train import Trainer
 
-    import common
-    import compare
-
-    if spec.get("threads"):
-        import torch
-
-        torch.set_num_threads(spec["threads"])
-    common.NESTED_PROGRESS = True
-    out = {"status": "ok"}
-    base_rss = max(base_rss, rss_mb())
-    out["base_rss_mb"] = base_rss
+    runtime.set_threads(spec.get("threads"))
+    out = {"status": "ok", "base_rss_mb": max(base_rss, rss_mb())}
     method = spec["method"]
-
-    # train() wall time and epochs, whichever method script calls it
-    train_log = []
-    original_train = common.train
-
-    def timed_train(model, data, epochs, batch_size, *args, **kwargs):
-        kwargs.setdefault("progress", False)
-        profiler = contextlib.nullcontext()
-        if spec.get("profile"):
-            import torch.profiler
-
-            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-        steady_before = len(steady_log)
-        with profiler:
-            started = time.perf_counter()
-            history = original_train(model, data, epochs, batch_size, *args, **kwargs)
-            seconds = time.perf_counter() - started
-        if spec.get("profile"):
-            table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-            out.setdefault("profile", []).append(f"{method}, train() phase {len(train_log) + 1}:\n{table}")
-        train_log.append({"seconds": seconds, "epochs": epochs, "batch_size": batch_size,
-                          "n_cells": data.n_cells, "nnz_per_cell": data.inputs.nnz / max(data.n_cells, 1), "model": model,
-                          "steady": steady_log[steady_before:]})
-        return history
-
-    common.train = timed_train
-    steady_log = []  # (batches, seconds) of each limited epoch, first batch excluded
     max_batches = spec.get("max_batches") or 0
-    if max_batches:
-        original_iterate = common.iterate_batches
-
-        def limited(n_cells, batch_size, rng):
-            if rng is None:  # encode() sees every cell
-                yield from original_iterate(n_cells, batch_size, rng)
-                return
-            # Time batches 2..N only: the first pays one-off costs (Adam's state, first-touch pages of
-            # the gradients) that scaling N batches up to a full epoch would multiply.
-            after_first = None
-            for i, rows in enumerate(original_iterate(n_cells, batch_size, rng)):
-                if i == 1:
-                    after_first = time.perf_counter()
-                if i >= max_batches:
-                    break
-                yield rows
-            if after_first is not None:
-                steady_log.append((min(i, max_batches) - 1, time.perf_counter() - after_first))
-
-        common.iterate_batches = limited
+    fields = dict(device=runtime.select_device(spec.get("device", "cpu")), progress=False, max_batches=max_batches or None)
+    trainer = profiling_trainer(**fields) if spec.get("profile") else Trainer(**fields)
 
     t0 = time.perf_counter()
-    dataset = common.load_matrix(spec["path"])
-    common.attach_labels(dataset, label_key="label")
+    adata = scatac.read(spec["path"], label_key="label")
     out["load_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    dataset = common.filter_dataset(dataset)
+    scatac.pp.filter(adata)
     out["filter_s"] = time.perf_counter() - t1
-    out["cells_kept"], out["peaks_kept"] = dataset.n_cells, dataset.n_peaks
+    out["cells_kept"], out["peaks_kept"] = adata.n_obs, adata.n_vars
 
-    device = common.select_device(spec.get("device", "cpu"))
-    options = {"epochs": {m: (spec["epochs"], spec["epochs"]) if m == "StackedAE" else spec["epochs"] for m in NEURAL},
-               "extra": {m: ["--batch-size", str(spec["batch_size"])] for m in NEURAL} if spec.get("batch_size") else {},
-               "max_iter": {"NMF": spec["nmf_max_iter"], "LSNMF": spec["lsnmf_max_iter"]}}
+    options = {}
+    if method in methods.ALL and methods.ALL[method].kind == "neural":
+        card = methods.ALL[method]
+        options = {name: spec["epochs"] for name in card.epochs}
+        options.update({"batch_size": spec["batch_size"]} if spec.get("batch_size") else {})
+        options["trainer"] = trainer
+    elif method in ("NMF", "LSNMF"):
+        options = {"max_iter": spec["nmf_max_iter" if method == "NMF" else "lsnmf_max_iter"]}
     t2 = time.perf_counter()
-    fit = compare.fit_method(method, dataset, spec["latent_dim"], 0, device, options)
+    model = compare.FIT[method](adata, spec["latent_dim"], seed=0, **options)
     out["fit_s"] = time.perf_counter() - t2
-    latent = np.asarray(fit.latent, dtype=np.float32)
 
-    if train_log:
-        epochs = sum(r["epochs"] for r in train_log)
-        seconds = sum(r["seconds"] for r in train_log)
-        out["epochs"] = epochs
-        # one epoch of each train() call (StackedAE: each stage), each scaled to a full epoch
-        per_epoch, limited_any = 0.0, False
-        for r in train_log:
-            n_full = math.ceil(r["n_cells"] / r["batch_size"])
-            run = min(max_batches, n_full) if max_batches else n_full
-            limited_any |= run < n_full
-            timed_batches = sum(b for b, _ in r["steady"])
-            if limited_any and timed_batches > 0:
-                per_epoch += sum(t for _, t in r["steady"]) / timed_batches * n_full
-            else:
-                per_epoch += r["seconds"] / r["epochs"] * n_full / run
-        out["epoch_s"] = per_epoch
-        out["epoch_note"] = f"~{max_batches}b" if limited_any else "full"
-        if method == "StackedAE":
-            out["epoch_note"] += "(sum of stages)"
+    if trainer.calls:
+        out["epochs"] = sum(call["epochs"] for call in trainer.calls)
+        out["epoch_s"], limited = epoch_seconds(trainer.calls, max_batches)
+        out["epoch_note"] = (f"~{max_batches}b" if limited else "full") + ("(sum of stages)" if method == "StackedAE" else "")
         if method == "AE":
-            r = train_log[0]
-            dense_flops, sparse_flops, shapes = linear_flops_per_cell(r["model"], r["nnz_per_cell"])
-            cells_per_second = r["n_cells"] / out["epoch_s"]  # AE has one train() call
-            achieved = (dense_flops + sparse_flops) * cells_per_second / 1e9
-            reference = mm_reference_gflops(shapes, r["batch_size"])
+            call = trainer.calls[0]
+            dense_flops, sparse_flops, shapes = linear_flops_per_cell(model, adata.X.nnz / max(adata.n_obs, 1))
+            achieved = (dense_flops + sparse_flops) * call["n_cells"] / out["epoch_s"] / 1e9  # AE has one train() call
+            reference = mm_reference_gflops(shapes, call["batch_size"])
             out["achieved_gflops"], out["mm_gflops"] = achieved, reference
             out["mm_efficiency"] = achieved / reference
     elif method in ("NMF", "LSNMF"):
-        details = (fit.extra_uns or {}).get("factorization", {})
+        details = adata.uns[method]["factorization"]
         n_iter = max(int(details.get("n_iter", 0) or 0), 1)
         out["epochs"] = n_iter
         out["epoch_s"] = details.get("fit_s", out["fit_s"]) / n_iter
         out["epoch_note"] = "per iteration"
+    if spec.get("profile"):
+        out["profile"] = [f"{method}, train() phase {i + 1}:\n{table}" for i, table in enumerate(trainer.tables)]
 
     t3 = time.perf_counter()
-    evaluation = common.evaluate(latent, dataset.labels, None, 0, n_init=spec["n_init"])
-    scores = evaluation[1]
+    scores = scatac.tl.cluster(adata, use_rep=f"X_{method}", labels_key="label", n_init=spec["n_init"])
     out["eval_s"] = time.perf_counter() - t3
     out["ARI"] = scores.get("ARI", float("nan"))
-    fit.model = None  # the model's memory is not needed past here (the scripts save it before exporting)
-    if spec.get("export"):
+    if spec.get("umap"):
         t4 = time.perf_counter()
-        timings = {}
-        with tempfile.TemporaryDirectory(prefix=f"scale_export_{method}_") as outdir:
-            common.export_results(Path(outdir), method, dataset, latent, 0, None, {"bench": "scale"}, timings,
-                                  umap=bool(spec.get("umap")), quiet=True, evaluation=evaluation)
-        out["export_s"] = time.perf_counter() - t4
-        out["umap_s"] = timings.get("umap_s")
-    elif spec.get("umap"):
-        t4 = time.perf_counter()
-        common.run_umap(latent, 0)
+        scatac.tl.umap(adata, use_rep=f"X_{method}")
         out["umap_s"] = time.perf_counter() - t4
+    if spec.get("export"):
+        t5 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f"scale_export_{method}_") as outdir:
+            export.write_results(outdir, adata, method, labels_key="label", settings={"bench": "scale"})
+            export.write_figures(outdir, adata, method, labels_key="label")
+        out["export_s"] = time.perf_counter() - t5
+    del model, adata
     out["total_s"] = time.perf_counter() - t0
     out["peak_rss_mb"] = maxrss_mb()
     return out
@@ -279,24 +250,14 @@ def parse_sizes(text: str) -> list:
     return sizes
 
 
-def parse_methods(text: str) -> list:
-    by_lower = {m.lower(): m for m in ALL_METHODS}
-    wanted = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in wanted if m.lower() not in by_lower]
-    if unknown:
-        raise SystemExit(f"scale.py: unknown method(s) {', '.join(unknown)}; allowed: {', '.join(ALL_METHODS)}")
-    return [by_lower[m.lower()] for m in wanted]
-
-
 def simulate_to_h5ad(n_cells, n_peaks, density, n_types, folder: Path, seed=0):
     import anndata
-    import numpy as np
     import pandas as pd
 
-    import common
+    from scatac.simulate import simulate_atac
 
     started = time.perf_counter()
-    X, labels, barcodes, peaks = common.simulate_atac(n_cells, n_peaks, n_types=n_types, density=density, seed=seed)
+    X, labels, barcodes, peaks = simulate_atac(n_cells, n_peaks, n_types=n_types, density=density, seed=seed)
     sim_s = time.perf_counter() - started
     csr_bytes = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
     nnz = int(X.nnz)
@@ -341,22 +302,12 @@ def fmt(value) -> str:
 
 
 def render(rows) -> str:
-    cells = [[fmt(r.get(c)) for c in COLUMNS] for r in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
+    return compare.render_table(rows, COLUMNS, lambda value: fmt(value if value != "" else None))
 
 
 def write_tsv(path, rows):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write("\t".join(COLUMNS) + "\n")
-        for r in rows:
-            handle.write("\t".join(fmt(r.get(c)) for c in COLUMNS) + "\n")
-    os.replace(tmp, path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    files.write_table(path, COLUMNS, ([fmt(r.get(c)) for c in COLUMNS] for r in rows))
 
 
 def main(argv=None):
@@ -382,9 +333,9 @@ def main(argv=None):
     parser.add_argument("--density", type=float, default=0.02, help="target fraction of non-zeros (default 0.02)")
     parser.add_argument("--n-types", type=int, default=6, help="simulated cell types (default 6)")
     parser.add_argument("--n-init", type=int, default=10, help="K-means restarts (default 10)")
-    parser.add_argument("--umap", action="store_true", help="also time common.run_umap")
+    parser.add_argument("--umap", action="store_true", help="also time scatac.tl.umap")
     parser.add_argument("--export", action="store_true",
-                        help="also run common.export_results (feature.txt, clusters, scores, result.h5ad; UMAP with --umap): "
+                        help="also run scatac.export (feature.txt, clusters, scores, result.h5ad, figures; UMAP with --umap): "
                              "the whole path a method script takes")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size of the neural methods (default: each script's)")
     parser.add_argument("--profile", action="store_true",
@@ -398,7 +349,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
-    methods = parse_methods(args.methods)
+    try:
+        methods_run = methods.parse_names(args.methods, ALL_METHODS, where="--methods")
+    except InputError as exc:
+        raise SystemExit(f"scale.py: {exc}")
     epochs = args.epochs if args.epochs is not None else 1
     max_batches = args.max_batches if args.max_batches is not None else (8 if args.quick else 0)
     nmf_iter = args.nmf_max_iter if args.nmf_max_iter is not None else (20 if args.quick else 50)
@@ -411,7 +365,7 @@ def main(argv=None):
             path, meta = simulate_to_h5ad(n_cells, n_peaks, args.density, args.n_types, Path(tmp))
             print(f"scale: {meta['nnz']} non-zeros ({meta['density']:.2%}), CSR {meta['csr_mb']:.1f} MiB, "
                   f"simulated in {meta['simulate_s']:.1f} s", file=sys.stderr, flush=True)
-            for method in methods:
+            for method in methods_run:
                 spec = {"path": str(path), "method": method, "epochs": epochs, "max_batches": max_batches,
                         "nmf_max_iter": nmf_iter, "lsnmf_max_iter": lsnmf_iter, "latent_dim": args.latent_dim,
                         "n_init": args.n_init, "umap": args.umap, "export": args.export, "batch_size": args.batch_size,

@@ -1,16 +1,17 @@
 """Make the demo data set with the project's simulator.
 
-    python data/simulate.py [--out data/demo] [--cells 800] [--peaks 3000] [--types 5] [--seed 0]
+    python data/simulate.py [--out data/demo] [--cells 800] [--peaks 3000] [--types 6] [--seed 0]
 
-Writes a 10x-style folder (matrix.mtx.gz peaks x cells, peaks.txt, barcodes.txt,
-labels.txt) that every script reads as it reads Cell Ranger ATAC output.
+Writes a 10x-style folder (matrix.mtx.gz peaks x cells, peaks.txt, barcodes.txt, labels.txt)
+that every script reads as it reads Cell Ranger ATAC output.
 """
 import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import common  # noqa: E402
+from scatac.io import write_10x  # noqa: E402
+from scatac.simulate import simulate_atac  # noqa: E402
 
 
 def main(argv=None):
@@ -24,9 +25,9 @@ def main(argv=None):
                         help="fraction of peaks raised in each cell type")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    X, labels, barcodes, peaks = common.simulate_atac(args.cells, args.peaks, args.types, args.density,
-                                                      args.specific_fraction, args.seed)
-    common.write_10x_folder(args.out, X, barcodes, peaks, labels)
+    X, labels, barcodes, peaks = simulate_atac(args.cells, args.peaks, args.types, args.density,
+                                               args.specific_fraction, args.seed)
+    write_10x(args.out, X, barcodes, peaks, labels)
     print(f"wrote {X.shape[0]} cells x {X.shape[1]} peaks ({X.nnz / X.shape[0] / X.shape[1]:.1%} non-zero, "
           f"{args.types} types) to {args.out}")
 

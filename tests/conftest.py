@@ -1,4 +1,4 @@
-"""Shared test helpers: where the repo and the real data are, and how to run a script."""
+"""Shared test helpers: where the repo and the real data are, how to run a script, the data as AnnData."""
 import os
 import subprocess
 import sys
@@ -9,6 +9,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 DEMO = REPO / "data" / "demo"
+README_PATH = REPO / "README.md"
 sys.path.insert(0, str(REPO))
 
 
@@ -37,6 +38,38 @@ def read_scores(outdir: Path) -> dict:
     return scores
 
 
+def labelled(folder: Path):
+    """`folder` read with its labels.txt and filtered as every script filters: an AnnData of counts."""
+    import scatac
+
+    adata = scatac.read(folder, labels=folder / "labels.txt")
+    scatac.pp.filter(adata)
+    return adata
+
+
+def train_data(adata, transform: str = "tfidf"):
+    """What an autoencoder sees of `adata`: the transformed counts and each cell's depth."""
+    from scatac.batches import TrainData
+
+    return TrainData.from_counts(adata.X, transform)
+
+
+def cpu_trainer():
+    """A quiet CPU trainer on one thread (tests run beside each other on two cores)."""
+    import torch
+
+    from scatac.train import Trainer
+
+    torch.set_num_threads(1)
+    return Trainer(device=torch.device("cpu"), progress=False)
+
+
 @pytest.fixture
 def demo() -> Path:
     return DEMO
+
+
+@pytest.fixture(scope="session")
+def demo_adata():
+    """The demo data, labelled and filtered (800 cells x 2,366 peaks). Tests must not change it: copy first."""
+    return labelled(DEMO)

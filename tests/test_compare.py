@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-import AE
 import compare
 from conftest import DEMO, run_script
 
@@ -64,7 +63,7 @@ def test_a_failing_method_is_a_row_not_a_crash(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(AE, "fit", broken)
+    monkeypatch.setitem(compare.FIT, "AE", broken)
     out = tmp_path / "out"
     compare.main([str(DEMO), str(out), str(LATENT), str(DEMO / "labels.txt"), "--seeds", "1", "--methods", "AE,NMF",
                   "--no-umap", *SMALL])

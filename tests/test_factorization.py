@@ -1,15 +1,20 @@
-"""NMF and LSNMF in common.py: shapes, the sparse LSNMF against nimfa, nothing densified on the large path."""
+"""NMF and LSNMF (scatac.factorization): shapes, the sparse LSNMF against nimfa, nothing densified on the large
+path, options checked by their declared rules; and the files they add to a results folder."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import common
+import scatac
+from scatac import export, factorization, files, methods
+from scatac.evaluate import evaluate
+from scatac.pp import transform
+from scatac.simulate import simulate_atac
 
 
 @pytest.fixture(scope="module")
 def counts():
     """A 240 cells x 400 peaks simulated count matrix and its labels."""
-    X, labels, barcodes, peaks = common.simulate_atac(n_cells=240, n_peaks=400, n_types=4, density=0.08, seed=3)
+    X, labels, barcodes, peaks = simulate_atac(n_cells=240, n_peaks=400, n_types=4, density=0.08, seed=3)
     return X, labels
 
 
@@ -17,14 +22,14 @@ def counts():
 def small(counts):
     """The same matrix TF-IDF transformed; the tests pass it with transform='counts' (factorize as given)."""
     X, labels = counts
-    return common.transform(X, "tfidf"), labels
+    return transform(X, "tfidf"), labels
 
 
 def test_sparse_lsnmf_reproduces_nimfa_in_float64(small):
     X, _ = small
     X64 = X.astype(np.float64)
-    W_n, H_n, info_n = common.fit_lsnmf(X64, 6, transform="counts", seed=1, max_iter=15, backend="nimfa")
-    W_s, H_s, info_s = common.fit_lsnmf(X64, 6, transform="counts", seed=1, max_iter=15, backend="sparse")
+    W_n, H_n, info_n = factorization.fit_lsnmf(X64, 6, transform="counts", seed=1, max_iter=15, backend="nimfa")
+    W_s, H_s, info_s = factorization.fit_lsnmf(X64, 6, transform="counts", seed=1, max_iter=15, backend="sparse")
     assert (info_n["backend"], info_s["backend"]) == ("nimfa", "sparse")
     assert info_n["n_iter"] == info_s["n_iter"] == 15
     # same start, same iterations: the factors agree to rounding, the objectives too
@@ -33,15 +38,15 @@ def test_sparse_lsnmf_reproduces_nimfa_in_float64(small):
     assert info_s["reconstruction_err"] == pytest.approx(info_n["reconstruction_err"], rel=1e-9)
     assert info_s["projected_gradient_norm"] == pytest.approx(info_n["projected_gradient_norm"], rel=1e-6)
     # and the factorization did work: error well below that of the start
-    W0, H0 = common.random_vcol_init(X64, 6, seed=1)
-    assert info_s["reconstruction_err"] < 0.97 * common.factorization_error(X64, W0, H0)
+    W0, H0 = factorization.random_vcol_init(X64, 6, seed=1)
+    assert info_s["reconstruction_err"] < 0.97 * factorization.factorization_error(X64, W0, H0)
 
 
 def test_sparse_lsnmf_on_float32_input_stays_close_to_nimfa(small):
     X, _ = small
     assert X.dtype == np.float32
-    _, _, info_n = common.fit_lsnmf(X, 5, transform="counts", seed=0, max_iter=12, backend="nimfa")
-    W, H, info_s = common.fit_lsnmf(X, 5, transform="counts", seed=0, max_iter=12, backend="sparse")
+    _, _, info_n = factorization.fit_lsnmf(X, 5, transform="counts", seed=0, max_iter=12, backend="nimfa")
+    W, H, info_s = factorization.fit_lsnmf(X, 5, transform="counts", seed=0, max_iter=12, backend="sparse")
     assert info_s["reconstruction_err"] == pytest.approx(info_n["reconstruction_err"], rel=1e-5)
     assert W.shape == (X.shape[0], 5) and H.shape == (5, X.shape[1])
     assert W.dtype == np.float32 and H.dtype == np.float32
@@ -50,9 +55,9 @@ def test_sparse_lsnmf_on_float32_input_stays_close_to_nimfa(small):
 
 def test_lsnmf_seed_is_reproducible_and_matters(small):
     X, _ = small
-    W1, _, _ = common.fit_lsnmf(X, 4, transform="counts", seed=7, max_iter=5, backend="sparse")
-    W2, _, _ = common.fit_lsnmf(X, 4, transform="counts", seed=7, max_iter=5, backend="sparse")
-    W3, _, _ = common.fit_lsnmf(X, 4, transform="counts", seed=8, max_iter=5, backend="sparse")
+    W1, _, _ = factorization.fit_lsnmf(X, 4, transform="counts", seed=7, max_iter=5, backend="sparse")
+    W2, _, _ = factorization.fit_lsnmf(X, 4, transform="counts", seed=7, max_iter=5, backend="sparse")
+    W3, _, _ = factorization.fit_lsnmf(X, 4, transform="counts", seed=8, max_iter=5, backend="sparse")
     np.testing.assert_array_equal(W1, W2)
     assert not np.allclose(W1, W3)
 
@@ -77,24 +82,24 @@ def test_large_path_never_densifies_the_matrix(counts, monkeypatch):
     _forbid_full_densify(monkeypatch, X.shape)
     # 'auto' with a tiny dense limit takes the sparse solver, as it would for 100k x 100k;
     # the default TF-IDF transform stays sparse too
-    W, H, info = common.fit_lsnmf(X, 4, seed=0, max_iter=10, dense_limit_bytes=1000)
+    W, H, info = factorization.fit_lsnmf(X, 4, seed=0, max_iter=10, dense_limit_bytes=1000)
     assert info["backend"] == "sparse" and W.shape == (X.shape[0], 4) and H.shape == (4, X.shape[1])
     # the guard does catch a densification (nimfa's route copies X to dense)
     with pytest.raises(AssertionError, match="densified"):
-        common.fit_lsnmf(X, 4, seed=0, max_iter=2, backend="nimfa")
+        factorization.fit_lsnmf(X, 4, seed=0, max_iter=2, backend="nimfa")
     # sklearn's NMF and MiniBatchNMF work on the sparse matrix too
-    W, H, info = common.fit_nmf(X, 4, seed=0, max_iter=50, minibatch_above=100)
+    W, H, info = factorization.fit_nmf(X, 4, seed=0, max_iter=50, minibatch_above=100)
     assert info["backend"] == "minibatch" and W.shape == (X.shape[0], 4) and H.shape == (4, X.shape[1])
-    W, H, info = common.fit_nmf(X, 4, seed=0, max_iter=50, backend="full")
+    W, H, info = factorization.fit_nmf(X, 4, seed=0, max_iter=50, backend="full")
     assert info["backend"] == "full" and np.isfinite(info["reconstruction_err"])
 
 
 def test_nmf_features_separate_the_simulated_types(small):
     X, labels = small
-    W, H, info = common.fit_nmf(X, 6, transform="counts", seed=0)
+    W, H, info = factorization.fit_nmf(X, 6, transform="counts", seed=0)
     assert W.shape == (X.shape[0], 6) and H.shape == (6, X.shape[1])
     assert (info["init"], info["solver"], info["backend"]) == ("nndsvda", "mu", "full")
-    _, scores, _ = common.evaluate(W, labels, None, 0)
+    _, scores, _ = evaluate(W, labels, None, 0)
     assert scores["ARI"] > 0.6, scores
     # the error reported is ||X - WH||_F, computed without densifying X
     assert info["reconstruction_err"] == pytest.approx(np.linalg.norm(X.toarray() - W.astype(np.float64) @ H), rel=1e-4)
@@ -104,12 +109,12 @@ def test_factorization_error_matches_dense(small):
     X, _ = small
     rng = np.random.default_rng(0)
     W, H = rng.random((X.shape[0], 3)), rng.random((3, X.shape[1]))
-    assert common.factorization_error(X, W, H) == pytest.approx(np.linalg.norm(X.toarray() - W @ H), rel=1e-9)
+    assert factorization.factorization_error(X, W, H) == pytest.approx(np.linalg.norm(X.toarray() - W @ H), rel=1e-9)
 
 
 def test_random_vcol_init_is_means_of_random_columns_and_rows():
     X = sp.csr_matrix(np.arange(1, 31, dtype=np.float64).reshape(5, 6))
-    W, H = common.random_vcol_init(X, 2, seed=0, p_c=2, p_r=3)
+    W, H = factorization.random_vcol_init(X, 2, seed=0, p_c=2, p_r=3)
     rng = np.random.RandomState(0)
     dense = X.toarray()
     for k in range(2):
@@ -119,31 +124,47 @@ def test_random_vcol_init_is_means_of_random_columns_and_rows():
         np.testing.assert_allclose(H[k], dense[rows].mean(axis=0))
 
 
-@pytest.mark.parametrize("rank, match", [(0, "at least 1"), (400, "smaller than the number of peaks"),
-                                         (2.5, "whole number"), (241, "number of cells")])
+@pytest.mark.parametrize("rank, match", [(0, "rank: must be an integer >= 1, got 0"),
+                                         (400, "smaller than the number of peaks"),
+                                         (2.5, "rank: must be an integer >= 1, got 2.5"), (241, "number of cells")])
 def test_bad_rank_is_an_input_error(small, rank, match):
     X, _ = small
-    for fit in (common.fit_nmf, common.fit_lsnmf):
-        with pytest.raises(common.InputError, match=match):
+    for fit in (factorization.fit_nmf, factorization.fit_lsnmf):
+        with pytest.raises(scatac.InputError, match=match):
             fit(X, rank, transform="counts")
 
 
+@pytest.mark.parametrize("fit, option, value, message", [
+    (factorization.fit_nmf, "solver", "lbfgs", "solver: must be one of 'mu', 'cd', got 'lbfgs'"),
+    (factorization.fit_nmf, "max_iter", 0, "max_iter: must be an integer >= 1, got 0"),
+    (factorization.fit_lsnmf, "beta", 1.5, "beta: must be a number in (0, 1), got 1.5"),
+    (factorization.fit_lsnmf, "backend", "dense", "backend: must be one of 'auto', 'nimfa', 'sparse', got 'dense'"),
+    (factorization.fit_lsnmf, "maxiter", 3, "lsnmf: unknown option 'maxiter'"),
+])
+def test_bad_options_are_input_errors_naming_the_rule(small, fit, option, value, message):
+    X, _ = small
+    with pytest.raises(scatac.InputError) as raised:
+        fit(X, 3, transform="counts", **{option: value})
+    assert message in str(raised.value)
+
+
 def test_methods_are_parsed_and_unknown_ones_named():
-    assert common.parse_methods("nmf, LSNMF") == ["NMF", "LSNMF"]
-    assert common.parse_methods(["LSNMF", "lsnmf"]) == ["LSNMF"]
-    with pytest.raises(common.InputError, match="unknown method 'PCA'"):
-        common.parse_methods("NMF,PCA")
+    allowed = [m.name for m in methods.FACTORIZATIONS]
+    assert methods.parse_names("nmf, LSNMF", allowed) == ["NMF", "LSNMF"]
+    assert methods.parse_names(["LSNMF", "lsnmf"], allowed) == ["LSNMF"]
+    with pytest.raises(scatac.InputError, match="unknown method 'PCA'"):
+        methods.parse_names("NMF,PCA", allowed)
 
 
 def test_import_nimfa_aliases_np_mat_only():
-    nimfa = common.import_nimfa()
+    nimfa = factorization.import_nimfa()
     assert np.mat is np.asmatrix
     assert hasattr(nimfa, "Lsnmf")
 
 
 def test_loadings_table_is_peaks_by_rank(tmp_path):
-    loadings = np.array([[0.5, 0.0, 2.0], [1.0, 3.0, 0.25]])
-    common.write_loadings(tmp_path / "loadings.tsv", loadings, ["p1", "p2", "p3"], "NMF")
+    loadings = np.array([[0.5, 0.0, 2.0], [1.0, 3.0, 0.25]]).T  # peaks x rank
+    export.write_loadings(tmp_path / "loadings.tsv", loadings, ["p1", "p2", "p3"], "NMF")
     lines = (tmp_path / "loadings.tsv").read_text().splitlines()
     assert lines[0].split("\t") == ["peak", "NMF_1", "NMF_2"]
     assert [line.split("\t") for line in lines[1:]] == [["p1", "0.5", "1"], ["p2", "0", "3"], ["p3", "2", "0.25"]]
@@ -152,13 +173,13 @@ def test_loadings_table_is_peaks_by_rank(tmp_path):
 def test_staged_folder_is_all_or_nothing(tmp_path):
     final = tmp_path / "NMF"
     with pytest.raises(RuntimeError):
-        with common.staged_folder(final) as stage:
+        with files.staged_folder(final) as stage:
             (stage / "feature.txt").write_text("half")
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
-    with common.staged_folder(final) as stage:
+    with files.staged_folder(final) as stage:
         (stage / "a.txt").write_text("old")
-    with common.staged_folder(final) as stage:
+    with files.staged_folder(final) as stage:
         (stage / "b.txt").write_text("new")
     assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["NMF"]
@@ -167,9 +188,9 @@ def test_staged_folder_is_all_or_nothing(tmp_path):
 def test_default_input_is_tfidf_of_the_counts(counts, small):
     X_counts, _ = counts
     X_tfidf, _ = small
-    W_default, H_default, info = common.fit_nmf(X_counts, 4, seed=0, max_iter=30)
-    W_given, H_given, _ = common.fit_nmf(X_tfidf, 4, seed=0, max_iter=30, transform="counts")
+    W_default, H_default, info = factorization.fit_nmf(X_counts, 4, seed=0, max_iter=30)
+    W_given, H_given, _ = factorization.fit_nmf(X_tfidf, 4, seed=0, max_iter=30, transform="counts")
     assert info["transform"] == "tfidf"
     np.testing.assert_allclose(W_default, W_given, rtol=1e-5, atol=1e-6)
-    with pytest.raises(common.InputError, match="unknown transform 'sqrt'"):
-        common.fit_lsnmf(X_counts, 4, transform="sqrt")
+    with pytest.raises(scatac.InputError, match="transform: must be one of 'counts', 'binary', 'tfidf', 'log', 'maxabs', got 'sqrt'"):
+        factorization.fit_lsnmf(X_counts, 4, transform="sqrt")

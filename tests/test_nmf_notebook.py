@@ -126,7 +126,9 @@ def test_notebook_on_hemato600(tmp_path):
 
 @pytest.mark.parametrize("params, problem", [
     (("data", "data/no_such_folder"), "data/no_such_folder: no such file or folder"),
-    (("rank", 0), "rank: must be at least 1, got 0"),
+    (("rank", 0), "rank: must be an integer >= 1, got 0"),
+    (("max_iter", -1), "max_iter: must be an integer >= 1, got -1"),
+    (("nmf_solver", "lbfgs"), "solver: must be one of 'mu', 'cd', got 'lbfgs'"),
     (("rank", 5000), "rank 5000 must be smaller than the number of peaks kept (2366)"),
     (("methods", "NMF,PCA"), "methods: unknown method 'PCA'; allowed: NMF, LSNMF"),
 ])

@@ -5,8 +5,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import common
-from AE import AutoEncoder, PeakDropout, PeakLinear
+from scatac.batches import Batch, SparseRows, TrainData
+from scatac.models.ae import AutoEncoder
+from scatac.nn import PeakDropout, PeakLinear
 
 
 @pytest.fixture(scope="module")
@@ -17,30 +18,30 @@ def counts():
 
 
 def test_batch_matches_densified_rows(counts):
-    data = common.TrainData.from_counts(counts, "tfidf")
+    data = TrainData.from_counts(counts, "tfidf")
     rows = np.array([7, 2, 40, 2, 19])  # unsorted, with a repeat
-    batch = common.Batch(data, rows, torch.device("cpu"))
-    assert isinstance(batch.x, common.SparseRows)
+    batch = Batch(data, rows, torch.device("cpu"))
+    assert isinstance(batch.x, SparseRows)
     assert batch.x.shape == (5, 300)
     expected = data.inputs[rows].toarray()
     np.testing.assert_allclose(batch.x.to_dense().numpy(), expected, rtol=1e-6)
     np.testing.assert_array_equal(batch.target.numpy(), (counts[rows].toarray() > 0).astype(np.float32))
     np.testing.assert_allclose(batch.depth.numpy().ravel(), data.depth[rows])
-    assert common.Batch(data, rows, torch.device("cpu"), need_target=False).target is None
+    assert Batch(data, rows, torch.device("cpu"), need_target=False).target is None
 
 
 def test_explicit_zeros_are_not_open_peaks():
     X = sp.csr_matrix((np.array([1.0, 0.0, 2.0], dtype=np.float32), np.array([0, 1, 2]), np.array([0, 3])), shape=(1, 4))
-    data = common.TrainData.from_counts(X, "binary")
-    target = common.Batch(data, np.array([0]), torch.device("cpu")).target.numpy()
+    data = TrainData.from_counts(X, "binary")
+    target = Batch(data, np.array([0]), torch.device("cpu")).target.numpy()
     np.testing.assert_array_equal(target, [[1, 0, 1, 0]])
 
 
 def test_peak_linear_sparse_equals_dense(counts):
     torch.manual_seed(0)
     layer = PeakLinear(300, 16)
-    data = common.TrainData.from_counts(counts, "tfidf")
-    batch = common.Batch(data, np.arange(20), torch.device("cpu"), need_target=False)
+    data = TrainData.from_counts(counts, "tfidf")
+    batch = Batch(data, np.arange(20), torch.device("cpu"), need_target=False)
     sparse_out = layer(batch.x)
     sparse_out.square().sum().backward()
     sparse_grad = layer.weight.grad.clone()
@@ -52,8 +53,8 @@ def test_peak_linear_sparse_equals_dense(counts):
 
 
 def test_peak_dropout_drops_stored_values_only(counts):
-    data = common.TrainData.from_counts(counts, "binary")
-    batch = common.Batch(data, np.arange(50), torch.device("cpu"), need_target=False)
+    data = TrainData.from_counts(counts, "binary")
+    batch = Batch(data, np.arange(50), torch.device("cpu"), need_target=False)
     dropout = PeakDropout(0.8)
     torch.manual_seed(0)
     dropped = dropout(batch.x)

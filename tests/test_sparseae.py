@@ -1,40 +1,22 @@
-"""SparseAE.py: outputs parse back, the KL sparsity penalty really acts, scores beat chance, seeds reproduce."""
-import argparse
-
+"""SparseAE: outputs parse back, the KL sparsity penalty really acts, scores beat chance, seeds reproduce."""
 import numpy as np
 import pytest
 import torch
 
-import common
-import SparseAE
-from conftest import DEMO, read_scores, run_script, shared_path
+import scatac
+from conftest import DEMO, cpu_trainer, labelled, read_scores, run_script, shared_path, train_data
+from scatac.batches import Batch
+from scatac.models.sparse_ae import SparseAutoEncoder, kl_sparsity
 
 
-def load(folder, **overrides):
-    args = argparse.Namespace(label_key=None, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10)
-    dataset = common.prepare_dataset(folder, folder / "labels.txt", args)
-    return dataset, common.TrainData.from_counts(dataset.X, "tfidf")
+def fit(adata, epochs, **options):
+    """tl.sparse_ae on a copy of `adata` with latent_dim 8, quietly on one CPU thread: the features."""
+    adata = adata.copy()
+    scatac.tl.sparse_ae(adata, 8, epochs=epochs, trainer=cpu_trainer(), **options)
+    return adata.obsm["X_SparseAE"]
 
 
-@pytest.fixture(scope="module")
-def demo_data():
-    return load(DEMO)
-
-
-def fit_args(epochs, *options):
-    args = SparseAE.build_parser().parse_args([str(epochs), "data", "out", "8", *options])
-    SparseAE.validate(args)
-    return args
-
-
-def fit(data, epochs, *options):
-    args = fit_args(epochs, *options)
-    torch.set_num_threads(1)
-    common.set_seed(args.seed)
-    return SparseAE.fit(data, args, torch.device("cpu"))
-
-
-def test_outputs_parse_back_with_the_right_shapes(tmp_path):
+def test_outputs_parse_back_with_the_right_shapes(tmp_path, demo_adata):
     import anndata
 
     out = tmp_path / "run"
@@ -53,47 +35,42 @@ def test_outputs_parse_back_with_the_right_shapes(tmp_path):
     # model.pt rebuilds the model, and the model gives back the features
     saved = torch.load(out / "model.pt")
     config = {k: v for k, v in saved["config"].items() if k != "settings"}
-    model = SparseAE.SparseAutoEncoder(**config)
+    model = SparseAutoEncoder(**config)
     model.load_state_dict(saved["state_dict"])
-    data = load(DEMO)[1]
-    np.testing.assert_allclose(common.encode(model, data, torch.device("cpu")), features, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(cpu_trainer().encode(model, train_data(demo_adata)), features, rtol=1e-4, atol=1e-4)
     scores = read_scores(out)
     assert -1 <= scores["ARI"] <= 1 and scores["n_cells"] == n_cells and scores["n_clusters"] == 6
 
 
-def test_penalty_has_a_gradient_and_lowers_mean_activation(demo_data):
-    _, data = demo_data
+def test_penalty_has_a_gradient_and_lowers_mean_activation(demo_adata):
+    data = train_data(demo_adata)
     # The original compared rho with a softmax, whose mean is always 1/units: no gradient.
-    model = SparseAE.SparseAutoEncoder(data.n_peaks, 8, hidden_dims=(32,))
-    batch = common.Batch(data, np.arange(64), torch.device("cpu"))
-    penalty = SparseAE.kl_sparsity(model.code(batch.x).mean(dim=0), 0.05)
+    model = SparseAutoEncoder(data.n_peaks, 8, hidden_dims=(32,))
+    batch = Batch(data, np.arange(64), torch.device("cpu"))
+    penalty = kl_sparsity(model.code(batch.x).mean(dim=0), 0.05)
     penalty.backward()
     assert penalty.item() > 0
     assert model.encoder[0].weight.grad.abs().sum().item() > 0
 
-    def mean_activation(result):
-        return float(torch.sigmoid(torch.from_numpy(result.latent)).mean())
+    def mean_activation(features):
+        return float(torch.sigmoid(torch.from_numpy(features)).mean())
 
-    plain = fit(data, 6, "--hidden-dims", "64", "--sparsity-weight", "0")
-    sparse = fit(data, 6, "--hidden-dims", "64", "--sparsity-target", "0.05")
+    plain = fit(demo_adata, 6, hidden_dims=(64,), sparsity_weight=0)
+    sparse = fit(demo_adata, 6, hidden_dims=(64,), sparsity_target=0.05)
     assert mean_activation(sparse) < 0.6 * mean_activation(plain)
     assert mean_activation(sparse) < 0.15
 
 
-def test_same_seed_gives_the_same_features(demo_data):
-    _, data = demo_data
-    first = fit(data, 2, "--hidden-dims", "32", "--seed", "5")
-    second = fit(data, 2, "--hidden-dims", "32", "--seed", "5")
-    other = fit(data, 2, "--hidden-dims", "32", "--seed", "6")
-    np.testing.assert_array_equal(first.latent, second.latent)
-    assert not np.array_equal(first.latent, other.latent)
+def test_same_seed_gives_the_same_features(demo_adata):
+    first, second, other = (fit(demo_adata, 2, hidden_dims=(32,), seed=seed) for seed in (5, 5, 6))
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, other)
 
 
 def test_scores_above_chance_on_real_data():
-    folder = shared_path("hemato600")
-    dataset, data = load(folder)
-    result = fit(data, 20, "--hidden-dims", "128")
-    _, scores, _ = common.evaluate(result.latent, dataset.labels, None, 0)
+    adata = labelled(shared_path("hemato600"))
+    scatac.tl.sparse_ae(adata, 8, epochs=20, hidden_dims=(128,), trainer=cpu_trainer())
+    scores = scatac.tl.cluster(adata, use_rep="X_SparseAE", labels_key="label")
     assert scores["ARI"] > 0.1 and scores["NMI"] > 0.15  # chance is ~0 for both
 
 
@@ -101,5 +78,5 @@ def test_scores_above_chance_on_real_data():
 def test_bad_sparsity_options_are_one_line_errors(tmp_path, option, value):
     done = run_script("SparseAE.py", 2, DEMO, tmp_path / "out", 5, option, value)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {option}:")
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {option}: must be a number")
     assert not (tmp_path / "out").exists()

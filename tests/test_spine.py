@@ -10,8 +10,9 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 
-import AE
 import common
+import scatac
+from scatac import cli, io, methods
 from conftest import DEMO, read_scores, run_script, shared_path
 
 N_CELLS = len((DEMO / "barcodes.txt").read_text().split())
@@ -22,7 +23,7 @@ N_CELLS = len((DEMO / "barcodes.txt").read_text().split())
 # --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def reference():
-    return common.load_matrix(DEMO)
+    return scatac.read(DEMO)
 
 
 def write_gz(path, text):
@@ -46,16 +47,16 @@ def write_mtx(path, X_cells_by_peaks, field="integer"):
 def build_10x_tsv(folder, ref, gz=True):
     folder.mkdir()
     write_mtx(folder / ("matrix.mtx.gz" if gz else "matrix.mtx"), ref.X)
-    write_gz(folder / "barcodes.tsv.gz", "".join(f"{b}\n" for b in ref.barcodes))
-    write_gz(folder / "features.tsv.gz", "".join(f"{p}\t{p}\tPeaks\n" for p in ref.peaks))
+    write_gz(folder / "barcodes.tsv.gz", "".join(f"{b}\n" for b in ref.obs_names))
+    write_gz(folder / "features.tsv.gz", "".join(f"{p}\t{p}\tPeaks\n" for p in ref.var_names))
     return folder / ("matrix.mtx.gz" if gz else "matrix.mtx")
 
 
 def build_scale(folder, ref):
     folder.mkdir()
     write_mtx(folder / "data.mtx", ref.X)
-    (folder / "peaks.txt").write_text("".join(f"{p}\n" for p in ref.peaks))
-    (folder / "cell_id.txt").write_text("".join(f"{b}\n" for b in ref.barcodes))
+    (folder / "peaks.txt").write_text("".join(f"{p}\n" for p in ref.var_names))
+    (folder / "cell_id.txt").write_text("".join(f"{b}\n" for b in ref.obs_names))
     return folder
 
 
@@ -65,14 +66,14 @@ def build_h5(path, ref):
     csc = ref.X.T.tocsc()  # peaks x cells, column-compressed: one column per cell
     with h5py.File(path, "w") as handle:
         group = handle.create_group("matrix")
-        group["barcodes"] = np.array(ref.barcodes, dtype="S")
+        group["barcodes"] = np.array(list(ref.obs_names), dtype="S")
         group["data"] = csc.data.astype(np.int32)
         group["indices"] = csc.indices.astype(np.int64)
         group["indptr"] = csc.indptr.astype(np.int64)
-        group["shape"] = np.array([len(ref.peaks), len(ref.barcodes)], dtype=np.int32)
+        group["shape"] = np.array([ref.n_vars, ref.n_obs], dtype=np.int32)
         features = group.create_group("features")
-        features["id"] = np.array(ref.peaks, dtype="S")
-        features["name"] = np.array(ref.peaks, dtype="S")
+        features["id"] = np.array(list(ref.var_names), dtype="S")
+        features["name"] = np.array(list(ref.var_names), dtype="S")
     return path
 
 
@@ -81,16 +82,16 @@ def build_h5ad(path, ref, dense):
     import pandas as pd
 
     labels = [line.split("\t")[1] for line in (DEMO / "labels.txt").read_text().splitlines()]
-    obs = pd.DataFrame({"cell_type": labels}, index=pd.Index(ref.barcodes))
+    obs = pd.DataFrame({"cell_type": labels}, index=ref.obs_names.copy())
     X = ref.X.toarray() if dense else ref.X.copy()
-    anndata.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(ref.peaks))).write_h5ad(path)
+    anndata.AnnData(X=X, obs=obs, var=pd.DataFrame(index=ref.var_names.copy())).write_h5ad(path)
     return path
 
 
 def build_table(path, ref):
     import pandas as pd
 
-    table = pd.DataFrame(ref.X.T.toarray().astype(np.int32), index=ref.peaks, columns=ref.barcodes)
+    table = pd.DataFrame(ref.X.T.toarray().astype(np.int32), index=list(ref.var_names), columns=list(ref.obs_names))
     table.to_csv(path, sep="," if ".csv" in path.name else "\t")
     return path
 
@@ -107,12 +108,12 @@ BUILDERS = {
 }
 
 
-def assert_same(dataset, ref):
-    assert sp.isspmatrix_csr(dataset.X) and dataset.X.dtype == np.float32
-    assert dataset.X.shape == ref.X.shape
-    assert (dataset.X != ref.X).nnz == 0
-    assert list(dataset.barcodes) == list(ref.barcodes)
-    assert list(dataset.peaks) == list(ref.peaks)
+def assert_same(adata, ref):
+    assert sp.isspmatrix_csr(adata.X) and adata.X.dtype == np.float32 and adata.X.has_canonical_format
+    assert adata.X.shape == ref.X.shape
+    assert (adata.X != ref.X).nnz == 0
+    assert list(adata.obs_names) == list(ref.obs_names)
+    assert list(adata.var_names) == list(ref.var_names)
 
 
 def test_reference_is_cells_by_peaks(reference):
@@ -123,63 +124,65 @@ def test_reference_is_cells_by_peaks(reference):
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_every_format_parses_to_the_same_matrix(kind, reference, tmp_path):
     path = BUILDERS[kind](tmp_path, reference)
-    assert_same(common.load_matrix(path), reference)
+    assert_same(scatac.read(path), reference)
 
 
 def test_h5ad_label_key_reads_obs(reference, tmp_path):
     path = build_h5ad(tmp_path / "x.h5ad", reference, dense=False)
-    dataset = common.attach_labels(common.load_matrix(path), None, "cell_type")
+    adata = scatac.read(path, label_key="cell_type")
     expected = [line.split("\t")[1] for line in (DEMO / "labels.txt").read_text().splitlines()]
-    assert list(dataset.labels) == expected
-    with pytest.raises(common.InputError, match="no column 'nope'"):
-        common.attach_labels(common.load_matrix(path), None, "nope")
+    assert list(adata.obs["label"]) == expected
+    assert list(adata.obs["cell_type"]) == expected  # the input's own obs columns stay
+    with pytest.raises(scatac.InputError, match="no column 'nope'"):
+        scatac.read(path, label_key="nope")
 
 
 # --------------------------------------------------------------------------
 # Labels
 # --------------------------------------------------------------------------
-def small(barcodes):
-    X = sp.csr_matrix(np.ones((len(barcodes), 3), dtype=np.float32))
-    return common.Dataset(X=X, barcodes=list(barcodes), peaks=["p1", "p2", "p3"], source="small")
-
-
 def test_labels_joined_by_barcode_with_header(tmp_path):
     path = tmp_path / "labels.tsv"
     path.write_text("barcode\tcell_type\nc\tT3\na\tT1\nb\tT2\n")  # out of order: joined by barcode
-    dataset = common.attach_labels(small(["a", "b", "c"]), path)
-    assert list(dataset.labels) == ["T1", "T2", "T3"]
+    assert list(io.read_labels(["a", "b", "c"], path)) == ["T1", "T2", "T3"]
 
 
 def test_labels_in_cell_order(tmp_path):
     path = tmp_path / "labels.txt"
     path.write_text("T1\nT2\nT1\n")
-    assert list(common.attach_labels(small(["a", "b", "c"]), path).labels) == ["T1", "T2", "T1"]
+    assert list(io.read_labels(["a", "b", "c"], path)) == ["T1", "T2", "T1"]
     path.write_text("T1\nT2\n")
-    with pytest.raises(common.InputError, match="2 labels"):
-        common.attach_labels(small(["a", "b", "c"]), path)
+    with pytest.raises(scatac.InputError, match="2 labels"):
+        io.read_labels(["a", "b", "c"], path)
 
 
 def test_missing_barcodes_are_counted(tmp_path):
     path = tmp_path / "labels.tsv"
     path.write_text("a\tT1\nb\tT2\n")
-    with pytest.raises(common.InputError) as raised:
-        common.attach_labels(small(["a", "b", "c", "d"]), path)
+    with pytest.raises(scatac.InputError) as raised:
+        io.read_labels(["a", "b", "c", "d"], path)
     assert raised.value.file == str(path)
     assert "2 of 4 barcodes" in raised.value.problem
 
 
+def tiny_folder(tmp_path, barcodes):
+    X = sp.csr_matrix(np.ones((len(barcodes), 3), dtype=np.float32))
+    io.write_10x(tmp_path / "tiny", X, list(barcodes), ["p1", "p2", "p3"])
+    return tmp_path / "tiny"
+
+
 def test_duplicate_barcodes(tmp_path, capsys):
+    folder = tiny_folder(tmp_path, ["a", "a", "b"])
     order = tmp_path / "order.txt"
     order.write_text("T1\nT2\nT3\n")
-    dataset = common.attach_labels(small(["a", "a", "b"]), order)
-    assert dataset.barcodes == ["a", "a-1", "b"]
-    assert list(dataset.labels) == ["T1", "T2", "T3"]
+    adata = scatac.read(folder, labels=order)
+    assert list(adata.obs_names) == ["a", "a-1", "b"]
+    assert list(adata.obs["label"]) == ["T1", "T2", "T3"]
     assert "warning:" in capsys.readouterr().err
 
     joined = tmp_path / "joined.tsv"
     joined.write_text("a\tT1\nb\tT3\n")
-    with pytest.raises(common.InputError, match="duplicate barcode 'a'"):
-        common.attach_labels(small(["a", "a", "b"]), joined)
+    with pytest.raises(scatac.InputError, match="duplicate barcode 'a'"):
+        scatac.read(folder, labels=joined)
 
 
 # --------------------------------------------------------------------------
@@ -207,7 +210,8 @@ def seed_runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("seeds")
     outs = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        AE.main([str(EPOCHS), str(DEMO), str(base / name), str(LATENT), "--seed", str(seed), "--no-umap", "--threads", "1"])
+        common.run_method(methods.AE, [str(EPOCHS), str(DEMO), str(base / name), str(LATENT), "--seed", str(seed),
+                                       "--no-umap", "--threads", "1"])
         outs.append(base / name)
     return outs
 
@@ -220,6 +224,8 @@ def test_ae_outputs_parse_back(full_run):
     import anndata
     import matplotlib.image
     import torch
+
+    from scatac.models.ae import AutoEncoder
 
     out = full_run
     n_labels = len({line.split("\t")[1] for line in (DEMO / "labels.txt").read_text().splitlines()})
@@ -266,7 +272,7 @@ def test_ae_outputs_parse_back(full_run):
 
     saved = torch.load(out / "model.pt", weights_only=False)
     config = {k: v for k, v in saved["config"].items() if k != "settings"}
-    model = AE.AutoEncoder(**config)
+    model = AutoEncoder(**config)
     model.load_state_dict(saved["state_dict"])
     assert config["latent_dim"] == LATENT
 
@@ -339,7 +345,7 @@ def case_barcodes_count(tmp):
 
 def case_negative(tmp):
     folder = copy_demo(tmp)
-    X = common.load_matrix(DEMO).X.copy()
+    X = scatac.read(DEMO).X.copy()
     X.data[0] = -1
     (folder / "matrix.mtx.gz").unlink()
     write_mtx(folder / "matrix.mtx", X, field="real")
@@ -416,7 +422,7 @@ def test_bad_input_is_one_error_line(case, tmp_path, capsys):
     out = tmp_path / "out"
     argv = bad_argv(spec, out)
     with pytest.raises(SystemExit) as raised:  # any other exception would be a traceback for the user
-        common.run_cli(AE.main, argv)
+        cli.run_cli(common.run_method, methods.AE, argv)
     assert raised.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err

@@ -1,44 +1,32 @@
-"""StackedAE.py: real layer-wise pretraining, fine-tuning from the pretrained weights with every layer free,
+"""StackedAE: real layer-wise pretraining, fine-tuning from the pretrained weights with every layer free,
 outputs that parse back, scores above chance, seeds that reproduce."""
-import argparse
 import copy
 
 import numpy as np
-import pytest
 import torch
 
-import common
-import StackedAE
-from conftest import DEMO, run_script, shared_path
+import scatac
+from conftest import DEMO, cpu_trainer, labelled, run_script, shared_path, train_data
+from scatac import methods
+from scatac.batches import Batch
+from scatac.io import write_10x
+from scatac.models import stacked_ae
+from scatac.models.stacked_ae import StackedAutoEncoder
+from scatac.simulate import simulate_atac
 
 
-def load(folder):
-    args = argparse.Namespace(label_key=None, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10)
-    dataset = common.prepare_dataset(folder, folder / "labels.txt", args)
-    return dataset, common.TrainData.from_counts(dataset.X, "tfidf")
-
-
-@pytest.fixture(scope="module")
-def demo_data():
-    return load(DEMO)
-
-
-def parse(pretrain, finetune, *options):
-    args = StackedAE.build_parser().parse_args([str(pretrain), str(finetune), "data", "out", "8", *options])
-    StackedAE.validate(args)
-    torch.set_num_threads(1)
-    common.set_seed(args.seed)
-    return args
+def options(pretrain, finetune, **given):
+    return methods.STACKED_AE.options.resolve({"pretrain_epochs": pretrain, "finetune_epochs": finetune, **given})
 
 
 def whole_stack_loss(model, data):
     model.eval()
     with torch.no_grad():
-        batch = common.Batch(data, np.arange(data.n_cells), torch.device("cpu"))
+        batch = Batch(data, np.arange(data.n_cells), torch.device("cpu"))
         return model.reconstruction(batch).item()
 
 
-def test_outputs_parse_back_and_loss_marks_each_phase(tmp_path):
+def test_outputs_parse_back_and_loss_marks_each_phase(tmp_path, demo_adata):
     import anndata
 
     out = tmp_path / "run"
@@ -63,19 +51,18 @@ def test_outputs_parse_back_and_loss_marks_each_phase(tmp_path):
         assert phases[phase][-1] < phases[phase][0], f"{phase} did not learn: {phases[phase]}"
 
     saved = torch.load(out / "model.pt")
-    model = StackedAE.StackedAutoEncoder(**{k: v for k, v in saved["config"].items() if k != "settings"})
+    model = StackedAutoEncoder(**{k: v for k, v in saved["config"].items() if k != "settings"})
     model.load_state_dict(saved["state_dict"])
-    data = load(DEMO)[1]
-    np.testing.assert_allclose(common.encode(model, data, torch.device("cpu")), features, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(cpu_trainer().encode(model, train_data(demo_adata)), features, rtol=1e-4, atol=1e-4)
 
 
-def test_pretraining_trains_only_its_layer_and_the_stack_improves(demo_data):
-    _, data = demo_data
-    args = parse(3, 1, "--hidden-dims", "64", "32")
-    model = StackedAE.StackedAutoEncoder(data.n_peaks, 8, hidden_dims=(64, 32))
+def test_pretraining_trains_only_its_layer_and_the_stack_improves(demo_adata):
+    data = train_data(demo_adata)
+    torch.manual_seed(0)
+    model = StackedAutoEncoder(data.n_peaks, 8, hidden_dims=(64, 32))
     fresh = copy.deepcopy(model)
     before = copy.deepcopy(model.state_dict())
-    history = StackedAE.pretrain(model, data, args, torch.device("cpu"))
+    history = stacked_ae.pretrain(model, data, options(3, 1, hidden_dims=(64, 32)), cpu_trainer(), seed=0)
     after = model.state_dict()
     # every encoder and decoder moved during pretraining (each layer had its own turn)
     for name in before:
@@ -89,15 +76,17 @@ def test_pretraining_trains_only_its_layer_and_the_stack_improves(demo_data):
     assert whole_stack_loss(model, data) < 0.95 * whole_stack_loss(fresh, data)
 
 
-def test_finetuning_starts_from_pretrained_weights_and_moves_every_layer(demo_data):
-    _, data = demo_data
-    args = parse(3, 2, "--hidden-dims", "64", "32")
-    model = StackedAE.StackedAutoEncoder(data.n_peaks, 8, hidden_dims=(64, 32))
+def test_finetuning_starts_from_pretrained_weights_and_moves_every_layer(demo_adata):
+    data = train_data(demo_adata)
+    chosen = options(3, 2, hidden_dims=(64, 32))
+    torch.manual_seed(0)
+    model = StackedAutoEncoder(data.n_peaks, 8, hidden_dims=(64, 32))
     fresh_state = copy.deepcopy(model.state_dict())
-    StackedAE.pretrain(model, data, args, torch.device("cpu"))
+    trainer = cpu_trainer()
+    stacked_ae.pretrain(model, data, chosen, trainer, seed=0)
     pretrained_state = copy.deepcopy(model.state_dict())
     pretrained_loss = whole_stack_loss(model, data)
-    history = StackedAE.finetune(model, data, args, torch.device("cpu"))
+    history = stacked_ae.finetune(model, data, chosen, trainer, seed=0)
     tuned_state = model.state_dict()
     for name, pretrained in pretrained_state.items():
         if not pretrained.dtype.is_floating_point:
@@ -111,25 +100,28 @@ def test_finetuning_starts_from_pretrained_weights_and_moves_every_layer(demo_da
     assert history[0]["loss"] < 1.1 * pretrained_loss + 1
 
 
-def test_same_seed_gives_the_same_features(demo_data):
-    _, data = demo_data
-    results = [StackedAE.fit(data, parse(2, 1, "--hidden-dims", "32", "--seed", str(seed)), torch.device("cpu")).latent
-               for seed in (3, 3, 4)]
-    np.testing.assert_array_equal(results[0], results[1])
-    assert not np.array_equal(results[0], results[2])
+def test_same_seed_gives_the_same_features(demo_adata):
+    runs = []
+    for seed in (3, 3, 4):
+        adata = demo_adata.copy()
+        scatac.tl.stacked_ae(adata, 8, seed=seed, pretrain_epochs=2, finetune_epochs=1, hidden_dims=(32,),
+                             trainer=cpu_trainer())
+        runs.append(adata.obsm["X_StackedAE"])
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
 
 
 def test_scores_above_chance_on_real_data():
-    dataset, data = load(shared_path("hemato600"))
-    result = StackedAE.fit(data, parse(3, 10, "--hidden-dims", "128"), torch.device("cpu"))
-    _, scores, _ = common.evaluate(result.latent, dataset.labels, None, 0)
+    adata = labelled(shared_path("hemato600"))
+    scatac.tl.stacked_ae(adata, 8, pretrain_epochs=3, finetune_epochs=10, hidden_dims=(128,), trainer=cpu_trainer())
+    scores = scatac.tl.cluster(adata, use_rep="X_StackedAE", labels_key="label")
     assert scores["ARI"] > 0.1 and scores["NMI"] > 0.15  # chance is ~0 for both
 
 
 def test_any_number_of_peaks_is_accepted(tmp_path):
     # the original hard-coded 11,285 input peaks
-    X, labels, barcodes, peaks = common.simulate_atac(n_cells=60, n_peaks=321, n_types=2, density=0.1, seed=1)
-    common.write_10x_folder(tmp_path / "tiny", X, barcodes, peaks, labels)
+    X, labels, barcodes, peaks = simulate_atac(n_cells=60, n_peaks=321, n_types=2, density=0.1, seed=1)
+    write_10x(tmp_path / "tiny", X, barcodes, peaks, labels)
     done = run_script("StackedAE.py", 1, 1, tmp_path / "tiny", tmp_path / "out", 3, "--no-umap", "--hidden-dims", "16")
     assert done.returncode == 0, done.stderr
     rows = (tmp_path / "out" / "feature.txt").read_text().splitlines()

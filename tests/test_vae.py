@@ -1,36 +1,23 @@
-"""VAE.py: outputs parse back, the KL term is finite and positive, the mixture prior is fit and sized by the labels,
+"""VAE: outputs parse back, the KL term is finite and positive, the mixture prior is fit and sized by the labels,
 features are deterministic posterior means, scores beat chance."""
-import argparse
-
 import numpy as np
 import pytest
 import torch
 
-import common
-import VAE
-from conftest import DEMO, run_script, shared_path
+import scatac
+from conftest import DEMO, cpu_trainer, labelled, run_script, shared_path, train_data
+from scatac.batches import Batch
+from scatac.models.vae import VariationalAutoEncoder
 
 
-def load(folder):
-    args = argparse.Namespace(label_key=None, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10)
-    dataset = common.prepare_dataset(folder, folder / "labels.txt", args)
-    return dataset, common.TrainData.from_counts(dataset.X, "tfidf")
+def fit(adata, epochs, **options):
+    """tl.vae on a copy of `adata` with latent_dim 8, quietly on one CPU thread: (the fitted AnnData, the model)."""
+    adata = adata.copy()
+    model = scatac.tl.vae(adata, 8, epochs=epochs, trainer=cpu_trainer(), **options)
+    return adata, model
 
 
-@pytest.fixture(scope="module")
-def demo_data():
-    return load(DEMO)
-
-
-def parse(epochs, *options):
-    args = VAE.build_parser().parse_args([str(epochs), "data", "out", "8", *options])
-    VAE.validate(args)
-    torch.set_num_threads(1)
-    common.set_seed(args.seed)
-    return args
-
-
-def test_outputs_parse_back_and_loss_records_kl_apart(tmp_path):
+def test_outputs_parse_back_and_loss_records_kl_apart(tmp_path, demo_adata):
     import anndata
 
     out = tmp_path / "run"
@@ -58,22 +45,19 @@ def test_outputs_parse_back_and_loss_records_kl_apart(tmp_path):
     saved = torch.load(out / "model.pt")
     config = {k: v for k, v in saved["config"].items() if k != "settings"}
     assert config["prior"] == "gmm" and config["n_components"] == 6
-    model = VAE.VariationalAutoEncoder(**config)
+    model = VariationalAutoEncoder(**config)
     model.load_state_dict(saved["state_dict"])
     assert bool(model.mixture_ready)
-    data = load(DEMO)[1]
-    np.testing.assert_allclose(common.encode(model, data, torch.device("cpu")), features, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(cpu_trainer().encode(model, train_data(demo_adata)), features, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("prior", ["gmm", "normal"])
-def test_kl_term_is_finite_and_positive_per_cell(demo_data, prior):
-    _, data = demo_data
-    result = VAE.fit(data, parse(3, "--hidden-dims", "32", "--prior", prior, "--kl-warmup", "1"), torch.device("cpu"))
-    model = result.model
+def test_kl_term_is_finite_and_positive_per_cell(demo_adata, prior):
+    _, model = fit(demo_adata, 3, hidden_dims=(32,), prior=prior, kl_warmup=1)
     assert prior == "normal" or bool(model.mixture_ready)
     model.eval()
     with torch.no_grad():
-        batch = common.Batch(data, np.arange(200), torch.device("cpu"))
+        batch = Batch(train_data(demo_adata), np.arange(200), torch.device("cpu"))
         mean, logvar = model.posterior(batch.x)
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
         kl = model.kl(mean, logvar, z)
@@ -81,31 +65,27 @@ def test_kl_term_is_finite_and_positive_per_cell(demo_data, prior):
     assert torch.isfinite(kl).all() and (kl > 0).all()
 
 
-def test_mixture_prior_is_fit_to_the_codes_and_then_learns(demo_data):
-    _, data = demo_data
-    args = parse(4, "--hidden-dims", "32", "--kl-warmup", "2", "--n-components", "3")
-    result = VAE.fit(data, args, torch.device("cpu"))
-    model = result.model
+def test_mixture_prior_is_fit_to_the_codes_and_then_learns(demo_adata):
+    fitted, model = fit(demo_adata, 4, hidden_dims=(32,), kl_warmup=2, n_components=3)
     assert model.mixture_means.shape == (3, 8)
+    assert fitted.uns["VAE"]["n_components"] == 3 and fitted.uns["VAE"]["prior"] == "gmm"
     weights = torch.softmax(model.mixture_logits, 0)
     assert torch.isclose(weights.sum(), torch.tensor(1.0)) and (weights > 0.01).all()
     assert model.mixture_means.abs().sum() > 0  # no longer the all-zero placeholder
     assert model.mixture_logvars.grad is not None  # trained after the GaussianMixture start
 
 
-def test_features_are_posterior_means_and_the_seed_reproduces_them(demo_data):
-    _, data = demo_data
-    runs = [VAE.fit(data, parse(2, "--hidden-dims", "32", "--seed", str(seed)), torch.device("cpu")) for seed in (7, 7, 8)]
-    np.testing.assert_array_equal(runs[0].latent, runs[1].latent)
-    assert not np.array_equal(runs[0].latent, runs[2].latent)
+def test_features_are_posterior_means_and_the_seed_reproduces_them(demo_adata):
+    runs = [fit(demo_adata, 2, hidden_dims=(32,), seed=seed) for seed in (7, 7, 8)]
+    features = [adata.obsm["X_VAE"] for adata, _ in runs]
+    np.testing.assert_array_equal(features[0], features[1])
+    assert not np.array_equal(features[0], features[2])
     # encoding again gives the same values: no sampling in the features
-    np.testing.assert_array_equal(common.encode(runs[0].model, data, torch.device("cpu")), runs[0].latent)
+    np.testing.assert_array_equal(cpu_trainer().encode(runs[0][1], train_data(demo_adata)), features[0])
 
 
 def test_scores_above_chance_on_real_data():
-    dataset, data = load(shared_path("hemato600"))
-    args = parse(15, "--hidden-dims", "128", "--kl-warmup", "5")
-    args.n_label_types = len(set(dataset.labels))
-    result = VAE.fit(data, args, torch.device("cpu"))
-    _, scores, _ = common.evaluate(result.latent, dataset.labels, None, 0)
+    adata = labelled(shared_path("hemato600"))
+    scatac.tl.vae(adata, 8, epochs=15, hidden_dims=(128,), kl_warmup=5, n_components=6, trainer=cpu_trainer())
+    scores = scatac.tl.cluster(adata, use_rep="X_VAE", labels_key="label")
     assert scores["ARI"] > 0.1 and scores["NMI"] > 0.15  # chance is ~0 for both
