@@ -1,18 +1,22 @@
 """bench/scale.py: time and memory of each method as the matrix grows (issue 7, "Scale and speed").
 
-    python bench/scale.py [--sizes 10000x100000,50000x100000,100000x100000] [--methods AE,NMF,...]
-                          [--epochs 1] [--max-batches 0] [--umap] [--export] [--batch-size N]
-                          [--out scale.tsv] [--quick]
+    python bench/scale.py [--sizes 10000x100000,50000x100000,100000x100000,hemato4k] [--methods AE,NMF,...]
+                          [--decoders full,sampled] [--negatives 4x] [--epochs 1] [--max-batches 0]
+                          [--umap] [--export] [--batch-size N] [--profile] [--out scale.tsv] [--quick]
 
 For each size the project's simulator (scatac.simulate: binary-ish counts, about 2% non-zero,
-several cell types) makes one CSR matrix, written once to an .h5ad in a temporary folder. Each
-method then runs in its own child process (so one method's memory does not pollute the next)
-through the functions a script runs: scatac.read -> scatac.pp.filter -> scatac.tl.<method> ->
-scatac.tl.cluster (K-means + scores), and optionally scatac.tl.umap and scatac.export. A
-train.Trainer carries the limit on batches, keeps the timing of each training call, and with
---profile runs each call under torch.profiler. Columns:
+several cell types) makes one CSR matrix, written once to an .h5ad in a temporary folder; a size
+may also name a labelled data set under ../shared/data (e.g. hemato4k), trained at each method's
+own epochs so that its ARI means something. Each method then runs in its own child process
+(bench/scale_child.py, so one method's memory does not pollute the next) through the functions a
+script runs; each autoencoder once per decoder of --decoders (full and sampled, side by side).
+Columns:
 
-  load_s        scatac.read on the .h5ad
+  data          "simulated", or the shared data set's name
+  decoder       the autoencoders' decoder: full (every peak's logit) or sampled (scatac.nn.PeakSampler)
+  batch_size    the training batch the autoencoder used (--batch-size, else 'auto': scatac.train.auto_batch_size
+                for the method's own epochs, also when --epochs times fewer)
+  load_s        scatac.read of the matrix
   epoch_s       seconds per training epoch (neural: train() wall time / epochs; with --max-batches N
                 only N batches per epoch are run, batches 2..N timed (the first pays one-off costs)
                 and scaled to a full epoch, marked "~" in epoch_note; NMF/LSNMF: seconds per iteration)
@@ -37,7 +41,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -48,206 +51,45 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import compare  # noqa: E402  (light: no torch)
-from scatac import files, methods  # noqa: E402
+from scatac import files, methods, params  # noqa: E402
 from scatac.errors import InputError  # noqa: E402
 
+SHARED = REPO.parent / "shared" / "data"
 ALL_METHODS = tuple(methods.ALL) + ("LSI",)
+NEURAL = tuple(m.name for m in methods.NEURAL)
 DEFAULT_SIZES = "10000x100000,50000x100000,100000x100000"
 QUICK_SIZES = "2000x5000,4000x5000"
-COLUMNS = ["n_cells", "n_peaks", "method", "cells_kept", "peaks_kept", "nnz", "csr_mb", "load_s", "filter_s", "fit_s",
+COLUMNS = ["data", "n_cells", "n_peaks", "method", "decoder", "batch_size", "cells_kept", "peaks_kept", "nnz", "csr_mb", "load_s", "filter_s", "fit_s",
            "epochs", "epoch_s", "epoch_note", "eval_s", "umap_s", "export_s", "total_s", "base_rss_mb", "peak_rss_mb", "mem_ratio",
            "within_budget", "mm_gflops", "achieved_gflops", "mm_efficiency", "ARI", "status"]
-
-
-def rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return float("nan")
-
-
-def maxrss_mb() -> float:
-    # Linux reports ru_maxrss in KiB (macOS in bytes)
-    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return value / 2**20 if sys.platform == "darwin" else value / 1024
-
-
-# --------------------------------------------------------------------------
-# Child: one method on one matrix
-# --------------------------------------------------------------------------
-def linear_flops_per_cell(model, nnz_per_cell: float) -> tuple[float, float, list]:
-    """Training FLOPs per cell of the model's layers: (dense nn.Linear FLOPs, sparse PeakLinear FLOPs,
-    the dense layers' (in, out) shapes).
-
-    Dense layer, per cell: forward 2*in*out, grad-weight 2*in*out, grad-input 2*in*out.
-    PeakLinear (the first layer, reading the sparse input): forward and grad-weight 2*nnz*out
-    each, no grad-input (its input is data).
-    """
-    import torch.nn as nn
-
-    try:
-        from scatac.nn import PeakLinear
-    except ImportError:  # a checkout from before the package (or the sparse first layer), for a before/after table
-        try:
-            from AE import PeakLinear
-        except ImportError:
-            PeakLinear = ()
-
-    dense, sparse, shapes = 0.0, 0.0, []
-    for module in model.modules():
-        if isinstance(module, PeakLinear):
-            sparse += 4 * nnz_per_cell * module.out_features
-        elif isinstance(module, nn.Linear):
-            shapes.append((module.in_features, module.out_features))
-            dense += 6 * module.in_features * module.out_features
-    return dense, sparse, shapes
-
-
-def mm_reference_gflops(shapes, batch_size: int, repeats: int = 3) -> float:
-    """GFLOP/s of plain torch.mm doing one training step's products of `shapes` at `batch_size`."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    flops, elapsed = 0.0, float("inf")
-    tensors = [(torch.rand(batch_size, n_in, generator=gen), torch.rand(n_in, n_out, generator=gen),
-                torch.rand(batch_size, n_out, generator=gen)) for n_in, n_out in shapes]
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step_flops = 0.0
-        for x, w, g in tensors:
-            torch.mm(x, w)  # forward
-            torch.mm(x.t(), g)  # grad weight
-            torch.mm(g, w.t())  # grad input
-            step_flops += 6 * x.shape[0] * x.shape[1] * w.shape[1]
-        elapsed = min(elapsed, time.perf_counter() - started)
-        flops = step_flops
-    return flops / elapsed / 1e9
-
-
-def profiling_trainer(**fields):
-    """A Trainer that runs each train() call under torch.profiler and keeps the top operators' table."""
-    import torch.profiler
-
-    from scatac.train import Trainer
-
-    class ProfilingTrainer(Trainer):
-        def __post_init__(self):
-            super().__post_init__()
-            self.tables = []
-
-        def train(self, model, data, *args, **kwargs):
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-                history = super().train(model, data, *args, **kwargs)
-            self.tables.append(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-            return history
-
-    return ProfilingTrainer(**fields)
-
-
-def epoch_seconds(calls: list, max_batches: int) -> tuple[float, bool]:
-    """Seconds of one full epoch of each train() call (StackedAE: each stage), summed, and whether any was
-    extrapolated from the first `max_batches` batches (from batches 2..N: the first pays one-off costs)."""
-    per_epoch, limited_any = 0.0, False
-    for call in calls:
-        n_full = call["batches_per_epoch"]
-        run = min(max_batches, n_full) if max_batches else n_full
-        limited_any |= run < n_full
-        if limited_any and call["steady_batches"] > 0:
-            per_epoch += call["steady_seconds"] / call["steady_batches"] * n_full
-        else:
-            per_epoch += call["seconds"] / call["epochs"] * n_full / run
-    return per_epoch, limited_any
-
-
-def child(spec: dict) -> dict:
-    base_rss = rss_mb()
-    import scatac
-    from scatac import export, runtime
-    from scatac.train import Trainer
-
-    runtime.set_threads(spec.get("threads"))
-    out = {"status": "ok", "base_rss_mb": max(base_rss, rss_mb())}
-    method = spec["method"]
-    max_batches = spec.get("max_batches") or 0
-    fields = dict(device=runtime.select_device(spec.get("device", "cpu")), progress=False, max_batches=max_batches or None)
-    trainer = profiling_trainer(**fields) if spec.get("profile") else Trainer(**fields)
-
-    t0 = time.perf_counter()
-    adata = scatac.read(spec["path"], label_key="label")
-    out["load_s"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    scatac.pp.filter(adata)
-    out["filter_s"] = time.perf_counter() - t1
-    out["cells_kept"], out["peaks_kept"] = adata.n_obs, adata.n_vars
-
-    options = {}
-    if method in methods.ALL and methods.ALL[method].kind == "neural":
-        card = methods.ALL[method]
-        options = {name: spec["epochs"] for name in card.epochs}
-        options.update({"batch_size": spec["batch_size"]} if spec.get("batch_size") else {})
-        options["trainer"] = trainer
-    elif method in ("NMF", "LSNMF"):
-        options = {"max_iter": spec["nmf_max_iter" if method == "NMF" else "lsnmf_max_iter"]}
-    t2 = time.perf_counter()
-    model = compare.FIT[method](adata, spec["latent_dim"], seed=0, **options)
-    out["fit_s"] = time.perf_counter() - t2
-
-    if trainer.calls:
-        out["epochs"] = sum(call["epochs"] for call in trainer.calls)
-        out["epoch_s"], limited = epoch_seconds(trainer.calls, max_batches)
-        out["epoch_note"] = (f"~{max_batches}b" if limited else "full") + ("(sum of stages)" if method == "StackedAE" else "")
-        if method == "AE":
-            call = trainer.calls[0]
-            dense_flops, sparse_flops, shapes = linear_flops_per_cell(model, adata.X.nnz / max(adata.n_obs, 1))
-            achieved = (dense_flops + sparse_flops) * call["n_cells"] / out["epoch_s"] / 1e9  # AE has one train() call
-            reference = mm_reference_gflops(shapes, call["batch_size"])
-            out["achieved_gflops"], out["mm_gflops"] = achieved, reference
-            out["mm_efficiency"] = achieved / reference
-    elif method in ("NMF", "LSNMF"):
-        details = adata.uns[method]["factorization"]
-        n_iter = max(int(details.get("n_iter", 0) or 0), 1)
-        out["epochs"] = n_iter
-        out["epoch_s"] = details.get("fit_s", out["fit_s"]) / n_iter
-        out["epoch_note"] = "per iteration"
-    if spec.get("profile"):
-        out["profile"] = [f"{method}, train() phase {i + 1}:\n{table}" for i, table in enumerate(trainer.tables)]
-
-    t3 = time.perf_counter()
-    scores = scatac.tl.cluster(adata, use_rep=f"X_{method}", labels_key="label", n_init=spec["n_init"])
-    out["eval_s"] = time.perf_counter() - t3
-    out["ARI"] = scores.get("ARI", float("nan"))
-    if spec.get("umap"):
-        t4 = time.perf_counter()
-        scatac.tl.umap(adata, use_rep=f"X_{method}")
-        out["umap_s"] = time.perf_counter() - t4
-    if spec.get("export"):
-        t5 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f"scale_export_{method}_") as outdir:
-            export.write_results(outdir, adata, method, labels_key="label", settings={"bench": "scale"})
-            export.write_figures(outdir, adata, method, labels_key="label")
-        out["export_s"] = time.perf_counter() - t5
-    del model, adata
-    out["total_s"] = time.perf_counter() - t0
-    out["peak_rss_mb"] = maxrss_mb()
-    return out
 
 
 # --------------------------------------------------------------------------
 # Parent: simulate, write, run each method in a child
 # --------------------------------------------------------------------------
 def parse_sizes(text: str) -> list:
+    """CELLSxPEAKS items as (cells, peaks), names of labelled folders under ../shared/data as their Path."""
     sizes = []
-    for item in text.split(","):
-        item = item.strip().lower()
-        if not item:
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        if (SHARED / item / "labels.txt").exists():
+            sizes.append(SHARED / item)
             continue
-        cells, _, peaks = item.partition("x")
+        cells, _, peaks = item.lower().partition("x")
         try:
             sizes.append((int(cells), int(peaks)))
         except ValueError:
-            raise SystemExit(f"scale.py: bad size {item!r}; expected CELLSxPEAKS, e.g. 10000x100000")
+            raise SystemExit(f"scale.py: bad size {item!r}; expected CELLSxPEAKS (e.g. 10000x100000) or a data set "
+                             f"under {SHARED}")
     return sizes
+
+
+def shared_matrix(folder: Path):
+    """A real labelled data set: its path and the figures of simulate_to_h5ad."""
+    from scatac.io import read_matrix
+
+    X = read_matrix(folder).X
+    return folder, {"nnz": int(X.nnz), "csr_mb": (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) / 2**20,
+                    "density": X.nnz / (X.shape[0] * X.shape[1]), "simulate_s": 0.0, "shape": X.shape}
 
 
 def simulate_to_h5ad(n_cells, n_peaks, density, n_types, folder: Path, seed=0):
@@ -274,7 +116,7 @@ def run_child(spec: dict, timeout: float | None):
         spec_path = handle.name
     result_path = spec_path + ".out"
     try:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", spec_path, result_path],
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "scale_child.py"), spec_path, result_path],
                               capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not os.path.exists(result_path):
             tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
@@ -311,13 +153,6 @@ def write_tsv(path, rows):
 
 
 def main(argv=None):
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv[:1] == ["--child"]:
-        spec = json.loads(Path(argv[1]).read_text())
-        result = child(spec)
-        Path(argv[2]).write_text(json.dumps(result))
-        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default=None, help=f"comma-separated CELLSxPEAKS (default {DEFAULT_SIZES})")
     parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"subset of {','.join(ALL_METHODS)} (default all)")
@@ -338,6 +173,10 @@ def main(argv=None):
                         help="also run scatac.export (feature.txt, clusters, scores, result.h5ad, figures; UMAP with --umap): "
                              "the whole path a method script takes")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size of the neural methods (default: each script's)")
+    parser.add_argument("--decoders", default="full,sampled",
+                        help="the autoencoders' decoders to time side by side, each a row (default full,sampled)")
+    parser.add_argument("--negatives", default=params.NEGATIVES.default,
+                        help=f"peaks drawn per batch by the sampled decoder (default {params.NEGATIVES.default})")
     parser.add_argument("--profile", action="store_true",
                         help="torch.profiler over each neural method's training (use with --max-batches); the top "
                              "operators by self CPU time go to stderr and, with --out, to OUT.profile.txt")
@@ -351,28 +190,39 @@ def main(argv=None):
     sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
     try:
         methods_run = methods.parse_names(args.methods, ALL_METHODS, where="--methods")
+        decoders = methods.parse_names(args.decoders, params.DECODER.choices, where="--decoders")
+        params.NEGATIVES.check(args.negatives, "--negatives")
     except InputError as exc:
         raise SystemExit(f"scale.py: {exc}")
-    epochs = args.epochs if args.epochs is not None else 1
+    epochs = args.epochs if args.epochs is not None else 1  # real data sets: the methods' own epochs, unless given
     max_batches = args.max_batches if args.max_batches is not None else (8 if args.quick else 0)
     nmf_iter = args.nmf_max_iter if args.nmf_max_iter is not None else (20 if args.quick else 50)
     lsnmf_iter = args.lsnmf_max_iter if args.lsnmf_max_iter is not None else (5 if args.quick else 10)
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="scale_", dir=args.tmpdir) as tmp:
-        for n_cells, n_peaks in sizes:
-            print(f"scale: simulating {n_cells} x {n_peaks} ...", file=sys.stderr, flush=True)
-            path, meta = simulate_to_h5ad(n_cells, n_peaks, args.density, args.n_types, Path(tmp))
+        for size in sizes:
+            real = isinstance(size, Path)
+            if real:
+                path, meta = shared_matrix(size)
+                n_cells, n_peaks = meta["shape"]
+            else:
+                n_cells, n_peaks = size
+                print(f"scale: simulating {n_cells} x {n_peaks} ...", file=sys.stderr, flush=True)
+                path, meta = simulate_to_h5ad(n_cells, n_peaks, args.density, args.n_types, Path(tmp))
             print(f"scale: {meta['nnz']} non-zeros ({meta['density']:.2%}), CSR {meta['csr_mb']:.1f} MiB, "
                   f"simulated in {meta['simulate_s']:.1f} s", file=sys.stderr, flush=True)
-            for method in methods_run:
-                spec = {"path": str(path), "method": method, "epochs": epochs, "max_batches": max_batches,
+            for method, decoder in [(m, d) for m in methods_run for d in (decoders if m in NEURAL else ["-"])]:
+                spec = {"path": str(path), "method": method, "decoder": decoder, "negatives": args.negatives,
+                        "epochs": args.epochs if real else epochs, "max_batches": 0 if real else max_batches,
                         "nmf_max_iter": nmf_iter, "lsnmf_max_iter": lsnmf_iter, "latent_dim": args.latent_dim,
                         "n_init": args.n_init, "umap": args.umap, "export": args.export, "batch_size": args.batch_size,
                         "profile": args.profile, "threads": args.threads, "device": args.device}
-                print(f"scale: {method} on {n_cells} x {n_peaks} ...", file=sys.stderr, flush=True)
+                print(f"scale: {method} ({decoder} decoder) on {n_cells} x {n_peaks} ...", file=sys.stderr, flush=True)
                 result = run_child(spec, args.timeout)
-                row = {"n_cells": n_cells, "n_peaks": n_peaks, "method": method, "nnz": meta["nnz"],
+                row = {"data": path.name if real else "simulated", "n_cells": n_cells, "n_peaks": n_peaks,
+                       "method": method, "decoder": decoder,
+                       "batch_size": args.batch_size or "auto", "nnz": meta["nnz"],
                        "csr_mb": meta["csr_mb"], **result}
                 if "peak_rss_mb" in row:
                     row["mem_ratio"] = row["peak_rss_mb"] / meta["csr_mb"]
@@ -388,7 +238,8 @@ def main(argv=None):
                 print(render([row]).splitlines()[1], file=sys.stderr, flush=True)
                 if args.out:
                     write_tsv(args.out, rows)  # partial table survives an interrupted run
-            os.unlink(path)
+            if not real:
+                os.unlink(path)
     print(render(rows))
     if args.out:
         write_tsv(args.out, rows)

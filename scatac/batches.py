@@ -98,33 +98,31 @@ class Batch:
     """One mini-batch on the device.
 
     x: the encoder input, SparseRows (CPU, CUDA) or a dense (batch, n_peaks) tensor (MPS);
-    target: dense (batch, n_peaks) float32, 1 where the peak is open; depth: (batch, 1).
-    Only this batch's rows are ever densified.
+    open: the batch's open peaks as SparseRows of ones (what a decoder reconstructs);
+    target: the same as a dense (batch, n_peaks) float32 tensor, made on the device on first use
+    (only the full decoder asks for it); depth: (batch, 1). Only this batch's rows are ever densified.
     """
 
-    def __init__(self, data: TrainData, rows: np.ndarray, device, need_target: bool = True):
+    def __init__(self, data: TrainData, rows: np.ndarray, device):
         import torch
 
         self.rows = rows
         indptr, indices, values = rows_of(data.inputs, np.asarray(rows))
         shape = (len(rows), data.n_peaks)
-        if sparse_batches_supported(device):
-            self.x = SparseRows(_to_device(torch.from_numpy(indptr[:-1]), device),
-                                _to_device(torch.from_numpy(indices.astype(np.int64)), device),
-                                _to_device(torch.from_numpy(values.astype(np.float32, copy=False)), device), shape)
-        else:
-            self.x = None
-        self.target = None
-        if need_target or self.x is None:
-            dense = np.zeros(shape, dtype=np.float32)
-            row_of = np.repeat(np.arange(len(rows)), np.diff(indptr))
-            if self.x is None:
-                dense[row_of, indices] = values
-                self.x = _to_device(torch.from_numpy(dense.copy() if need_target else dense), device)
-            if need_target:
-                dense[row_of, indices] = 1.0
-                self.target = _to_device(torch.from_numpy(dense), device)
+        offsets = _to_device(torch.from_numpy(indptr[:-1]), device)
+        peaks = _to_device(torch.from_numpy(indices.astype(np.int64)), device)
+        self.open = SparseRows(offsets, peaks, torch.ones(len(indices), device=device), shape)
+        self.x = self.open.with_values(_to_device(torch.from_numpy(values.astype(np.float32, copy=False)), device))
+        if not sparse_batches_supported(device):
+            self.x = self.x.to_dense()
+        self._target = None
         self.depth = torch.from_numpy(data.depth[rows]).to(device).unsqueeze(1)
+
+    @property
+    def target(self):
+        if self._target is None:
+            self._target = self.open.to_dense()
+        return self._target
 
 
 def iterate_batches(n_cells: int, batch_size: int, rng: np.random.Generator | None):

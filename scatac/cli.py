@@ -79,7 +79,10 @@ def run_cli(main: Callable, *args):
 
 def option_overrides(method: Method, argv) -> dict:
     """The method's options among `argv` (flags of other methods ignored), checked: {name: value} of those given."""
-    parser = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    not_given = object()
+    parser = argparse.ArgumentParser(add_help=False)
     method.options.add_arguments(parser, {}, skip=method.epochs)
+    parser.set_defaults(**{p.name: not_given for p in method.options})
     given = vars(parser.parse_known_args(list(argv))[0])
-    return {name: method.options[name].check(value, method.options[name].flag) for name, value in given.items()}
+    return {name: method.options[name].check(value, method.options[name].flag) for name, value in given.items()
+            if value is not not_given}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -27,7 +28,9 @@ class Param:
 
     low / high bound the value (inclusive unless low_open / high_open); choices lists the allowed
     strings; none_ok admits None (meaning "work it out", said in the help); many takes a non-empty
-    list. group is the --help section the option appears under.
+    list; pattern is a regular expression a string must match whole (`pattern_help` says it in words);
+    named lists words allowed besides the numbers (batch_size 'auto').
+    group is the --help section the option appears under.
     """
 
     name: str
@@ -41,6 +44,9 @@ class Param:
     choices: tuple = ()
     none_ok: bool = False
     many: bool = False
+    pattern: str | None = None
+    pattern_help: str = ""
+    named: tuple = ()
     group: str = "model"
 
     @property
@@ -54,6 +60,8 @@ class Param:
     def describe(self) -> str:
         if self.choices:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
+        elif self.pattern:
+            text = self.pattern_help
         else:
             one, several = _NOUNS[self.kind]
             text = f"a non-empty list of {several}" if self.many else one
@@ -63,12 +71,13 @@ class Param:
                 text += f" {'>' if self.low_open else '>='} {self.low:g}"
             elif self.high is not None:
                 text += f" {'<' if self.high_open else '<='} {self.high:g}"
+        text += "".join(f" or {word!r}" for word in self.named)
         return text + (" or None" if self.none_ok else "")
 
     def check(self, value, label: str | None = None):
         """`value` as the code uses it (a tuple when `many`); InputError(label or name, ...) when it breaks the rule."""
-        if value is None and self.none_ok:
-            return None
+        if (value is None and self.none_ok) or (isinstance(value, str) and value in self.named):
+            return value
         if self.many:
             values = tuple(value) if isinstance(value, (list, tuple, np.ndarray)) else ()
             if values and all(self._fits(v) for v in values):
@@ -83,7 +92,8 @@ class Param:
         if isinstance(value, (bool, np.bool_)):
             return False
         if self.kind is str:
-            return isinstance(value, str) and (not self.choices or value in self.choices)
+            return (isinstance(value, str) and (not self.choices or value in self.choices)
+                    and (not self.pattern or re.fullmatch(self.pattern, value) is not None))
         numbers = (int, np.integer) if self.kind is int else (int, float, np.integer, np.floating)
         if not isinstance(value, numbers) or not math.isfinite(value):
             return False
@@ -97,10 +107,15 @@ class Param:
             value = value.item()
         return int(value) if self.kind is int else value
 
+    def parse(self, text: str):
+        """A command-line word as the option's kind (its named words as they are): argparse's `type`."""
+        return text if text in self.named else self.kind(text)
+
     def help_text(self) -> str:
         if "default" in self.help or self.default is None:
             return self.help
-        shown = " ".join(map(str, self.default)) if self.many else f"{self.default:g}" if self.kind is float else self.default
+        shown = (" ".join(map(str, self.default)) if self.many
+                 else f"{self.default:g}" if self.kind is float and not isinstance(self.default, str) else self.default)
         return f"{self.help} (default {shown})"
 
 
@@ -144,7 +159,7 @@ class Options:
             if p.kind is bool:
                 target.add_argument(p.flag, action="store_true", help=p.help)
             else:
-                target.add_argument(p.flag, type=p.kind, default=p.default, help=p.help_text(),
+                target.add_argument(p.flag, type=p.parse, default=p.default, help=p.help_text(),
                                     nargs="+" if p.many else None, choices=p.choices or None)
 
 
@@ -186,7 +201,9 @@ THREADS = Param("threads", int, None, "CPU threads for torch (default: torch's c
 N_INIT = Param("n_init", int, 10, "K-means restarts", low=1, group="clustering and run")
 
 EPOCHS = Param("epochs", int, 60, "passes over the data", low=1, group="training")
-BATCH_SIZE = Param("batch_size", int, 64, "cells per mini-batch", low=1, group="training")
+BATCH_SIZE = Param("batch_size", int, "auto", "cells per mini-batch; auto (default): 64, and with the sampled decoder "
+                                              "an eighth of the cells (a power of two, 64 to 1024)", low=1,
+                   named=("auto",), group="training")
 LR = Param("lr", float, 1e-3, "Adam learning rate", low=0, low_open=True, group="training")
 
 HIDDEN_DIMS = Param("hidden_dims", int, (512, 128), "hidden layer sizes of the encoder (the decoder mirrors them)",
@@ -194,6 +211,13 @@ HIDDEN_DIMS = Param("hidden_dims", int, (512, 128), "hidden layer sizes of the e
 INPUT_DROPOUT = Param("input_dropout", float, 0.8, "dropout on the input peaks", low=0, high=1, high_open=True)
 DROPOUT = Param("dropout", float, 0.1, "dropout after each hidden layer", low=0, high=1, high_open=True)
 WEIGHT_DECAY = Param("weight_decay", float, 0.0, "Adam weight decay", low=0)
+DECODER = Param("decoder", str, "auto", "full: every peak's logit in every step; sampled: the open peaks exactly and an "
+                                        "importance sample of the others (unbiased; costs what the open peaks cost); auto "
+                                        "(default): sampled from 2,000 cells on where it computes under half "
+                                        "the logits, else full", choices=("auto", "full", "sampled"), group="training")
+NEGATIVES = Param("negatives", str, "2x", "peaks drawn per batch for the sampled decoder: a count (2000) or a ratio to "
+                                         "a cell's mean open peaks (default 2x)", pattern=r"[1-9][0-9]*|[0-9]*\.?[0-9]+x",
+                  pattern_help="a count like '2000' or a ratio like '4x'", group="training")
 
 # What every run of a method script takes besides the method's own options: the data and the run.
 FILTER = Options(MIN_CELLS_PER_PEAK, MAX_CELLS_PER_PEAK, MIN_PEAKS_PER_CELL)

@@ -71,6 +71,7 @@ def _fit_neural(method: methods.Method, fit, adata, latent_dim, layer, seed, dev
     import pandas as pd
 
     from .batches import TrainData
+    from .nn import sampled_outputs
     from .runtime import select_device, set_seed
     from .train import Trainer
 
@@ -90,6 +91,8 @@ def _fit_neural(method: methods.Method, fit, adata, latent_dim, layer, seed, dev
     adata.uns[key_added] = _storable({
         "method": method.name,
         "params": {"latent_dim": latent_dim, "seed": seed, "layer": layer, "device": str(trainer.device), **options},
+        "decoder": "sampled" if fitted.model is not None and sampled_outputs(fitted.model) else "full",
+        "batch_size": trainer.calls[-1]["batch_size"] if trainer.calls else None,
         "loss": pd.DataFrame(fitted.history),
         "seconds": {"transform_s": transform_s, "train_s": time.perf_counter() - started},
         **fitted.extra,

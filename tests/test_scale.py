@@ -14,15 +14,18 @@ def test_scale_quick_writes_table(tmp_path):
     with open(out) as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     expected = {"n_cells", "n_peaks", "method", "load_s", "epoch_s", "total_s", "peak_rss_mb", "csr_mb",
-                "mem_ratio", "mm_efficiency", "status"}
+                "mem_ratio", "mm_efficiency", "decoder", "batch_size", "status"}
     assert expected <= set(rows[0].keys())
-    assert [(r["n_cells"], r["n_peaks"], r["method"]) for r in rows] == [
-        (c, p, m) for c, p in (("2000", "5000"), ("4000", "5000")) for m in METHODS]
+    expected = [(m, d) for m in METHODS for d in (("full", "sampled") if m == "AE" else ("-",))]
+    assert [(r["n_cells"], r["n_peaks"], r["method"], r["decoder"]) for r in rows] == [
+        (c, p, m, d) for c, p in (("2000", "5000"), ("4000", "5000")) for m, d in expected]
     for r in rows:
         assert r["status"] == "ok"
         for key in ("load_s", "epoch_s", "export_s", "total_s", "peak_rss_mb", "csr_mb", "mem_ratio"):
             assert float(r[key]) > 0, (r["method"], key)
     ae = [r for r in rows if r["method"] == "AE"]
     assert all(float(r["mm_efficiency"]) > 0 for r in ae)
+    # the sampled decoder trains on an eighth of the cells a batch (auto), the full one on 64
+    assert [r["batch_size"] for r in ae] == ["64", "256", "64", "512"]
     # the simulated matrices are the ~2% dense, sparse kind the benchmark is about
     assert all(int(r["nnz"]) < 0.05 * int(r["n_cells"]) * int(r["n_peaks"]) for r in rows)

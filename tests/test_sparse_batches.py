@@ -27,7 +27,9 @@ def test_batch_matches_densified_rows(counts):
     np.testing.assert_allclose(batch.x.to_dense().numpy(), expected, rtol=1e-6)
     np.testing.assert_array_equal(batch.target.numpy(), (counts[rows].toarray() > 0).astype(np.float32))
     np.testing.assert_allclose(batch.depth.numpy().ravel(), data.depth[rows])
-    assert Batch(data, rows, torch.device("cpu"), need_target=False).target is None
+    lazy = Batch(data, rows, torch.device("cpu"))
+    assert lazy._target is None  # the dense target is made only when a full decoder asks for it
+    np.testing.assert_array_equal(lazy.target.numpy(), batch.target.numpy())
 
 
 def test_explicit_zeros_are_not_open_peaks():
@@ -41,7 +43,7 @@ def test_peak_linear_sparse_equals_dense(counts):
     torch.manual_seed(0)
     layer = PeakLinear(300, 16)
     data = TrainData.from_counts(counts, "tfidf")
-    batch = Batch(data, np.arange(20), torch.device("cpu"), need_target=False)
+    batch = Batch(data, np.arange(20), torch.device("cpu"))
     sparse_out = layer(batch.x)
     sparse_out.square().sum().backward()
     sparse_grad = layer.weight.grad.clone()
@@ -54,7 +56,7 @@ def test_peak_linear_sparse_equals_dense(counts):
 
 def test_peak_dropout_drops_stored_values_only(counts):
     data = TrainData.from_counts(counts, "binary")
-    batch = Batch(data, np.arange(50), torch.device("cpu"), need_target=False)
+    batch = Batch(data, np.arange(50), torch.device("cpu"))
     dropout = PeakDropout(0.8)
     torch.manual_seed(0)
     dropped = dropout(batch.x)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..batches import TrainData
-from ..nn import PeakDropout, bernoulli_nll, mlp
+from ..nn import PeakDropout, configure_decoder, mlp, reconstruction_nll
 from ..train import Fitted, Trainer
 
 
@@ -26,7 +26,7 @@ class AutoEncoder(nn.Module):
                            input_dropout=input_dropout, dropout=dropout)
         self.input_dropout = PeakDropout(input_dropout)
         self.encoder = mlp([n_peaks, *hidden_dims, latent_dim], dropout=dropout, peak_input=True)
-        self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_peaks], dropout=dropout)
+        self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_peaks], dropout=dropout, peak_output=True)
 
     def encode(self, x):
         return self.encoder(self.input_dropout(x))
@@ -39,14 +39,14 @@ class AutoEncoder(nn.Module):
         return self.encoder(batch.x)
 
     def loss(self, batch, epoch=None):
-        logits = self.decode(self.encode(batch.x), batch.depth)
-        return {"loss": bernoulli_nll(logits, batch)}
+        return {"loss": reconstruction_nll(self.decoder, self.encode(batch.x), batch)}
 
 
 def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed: int) -> Fitted:
     """Train an AutoEncoder on `data`; features are the encoder's output without dropout."""
     model = AutoEncoder(data.n_peaks, latent_dim, options["hidden_dims"], options["input_dropout"],
                         options["dropout"]).to(trainer.device)
+    configure_decoder(model, data, options, trainer.device)
     history = trainer.train(model, data, options["epochs"], options["batch_size"], options["lr"], seed,
                             weight_decay=options["weight_decay"])
     return Fitted(trainer.encode(model, data), model, history)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..batches import TrainData
-from ..nn import PeakDropout, bernoulli_nll, mlp
+from ..nn import PeakDropout, configure_decoder, mlp, reconstruction_nll
 from ..train import Fitted, Trainer
 
 
@@ -37,7 +37,7 @@ class SparseAutoEncoder(nn.Module):
         self.sparsity_weight = sparsity_weight
         self.input_dropout = PeakDropout(input_dropout)
         self.encoder = mlp([n_peaks, *hidden_dims, latent_dim], dropout=dropout, peak_input=True)
-        self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_peaks], dropout=dropout)
+        self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_peaks], dropout=dropout, peak_output=True)
 
     def code(self, x):
         # A sigmoid makes each unit's batch mean an activation probability in (0, 1),
@@ -51,7 +51,7 @@ class SparseAutoEncoder(nn.Module):
 
     def loss(self, batch, epoch=None):
         code = self.code(self.input_dropout(batch.x))
-        reconstruction = bernoulli_nll(self.decoder(code) + batch.depth, batch)
+        reconstruction = reconstruction_nll(self.decoder, code, batch)
         mean_activation = code.mean(dim=0)
         sparsity = kl_sparsity(mean_activation, self.sparsity_target)
         return {
@@ -66,6 +66,7 @@ def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed:
     """Train a SparseAutoEncoder on `data`; features are the logits of the sparse code, without dropout."""
     model = SparseAutoEncoder(data.n_peaks, latent_dim, options["hidden_dims"], options["input_dropout"], options["dropout"],
                               options["sparsity_target"], options["sparsity_weight"]).to(trainer.device)
+    configure_decoder(model, data, options, trainer.device)
     history = trainer.train(model, data, options["epochs"], options["batch_size"], options["lr"], seed,
                             weight_decay=options["weight_decay"])
     return Fitted(trainer.encode(model, data), model, history)

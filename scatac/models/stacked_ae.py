@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batches import TrainData
-from ..nn import PeakDropout, bernoulli_nll, mlp
+from ..nn import PeakDropout, configure_decoder, mlp, reconstruction_nll
 from ..train import Fitted, Trainer
 
 
@@ -38,7 +38,7 @@ class StackedAutoEncoder(nn.Module):
         )
         self.decoders = nn.ModuleList(
             # no dropout on rebuilt codes: their pretraining compares them with the clean codes
-            mlp([sizes[k + 1], sizes[k]], final_activation=k > 0) for k in range(self.n_layers)
+            mlp([sizes[k + 1], sizes[k]], final_activation=k > 0, peak_output=k == 0) for k in range(self.n_layers)
         )
 
     def encode_to(self, x, depth: int):
@@ -47,8 +47,9 @@ class StackedAutoEncoder(nn.Module):
             x = encoder(x)
         return x
 
-    def decode_from(self, code, depth: int):
-        for decoder in reversed(self.decoders[:depth]):
+    def decode_from(self, code, depth: int, to: int = 0):
+        """The code of layer `to` rebuilt from that of layer `depth` (to 0: the peak logits, without depth)."""
+        for decoder in reversed(self.decoders[to:depth]):
             code = decoder(code)
         return code
 
@@ -57,7 +58,7 @@ class StackedAutoEncoder(nn.Module):
 
     def reconstruction(self, batch):
         latent = self.encode_to(self.input_dropout(batch.x), self.n_layers)
-        return bernoulli_nll(self.decode_from(latent, self.n_layers) + batch.depth, batch)
+        return reconstruction_nll(self.decoders[0], self.decode_from(latent, self.n_layers, to=1), batch)
 
     def loss(self, batch, epoch=None):
         return {"loss": self.reconstruction(batch)}
@@ -65,8 +66,7 @@ class StackedAutoEncoder(nn.Module):
     def layer_loss(self, layer: int, batch):
         """The shallow autoencoder of layer `layer` (0-based) on the codes of the layer below, which stays fixed."""
         if layer == 0:
-            code = self.encoders[0](self.input_dropout(batch.x))
-            return bernoulli_nll(self.decoders[0](code) + batch.depth, batch)
+            return reconstruction_nll(self.decoders[0], self.encoders[0](self.input_dropout(batch.x)), batch)
         below = self.encoders[:layer]
         below.eval()  # the codes being rebuilt are the lower layers' real outputs, without dropout noise
         with torch.no_grad():
@@ -100,6 +100,7 @@ def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed:
     """Pretrain layer by layer, fine-tune the whole stack; features are the top code without dropout."""
     model = StackedAutoEncoder(data.n_peaks, latent_dim, options["hidden_dims"], options["input_dropout"],
                                options["dropout"]).to(trainer.device)
+    configure_decoder(model, data, options, trainer.device)
     history = pretrain(model, data, options, trainer, seed)
     history += finetune(model, data, options, trainer, seed)
     return Fitted(trainer.encode(model, data), model, history)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..batches import TrainData
-from ..nn import PeakDropout, bernoulli_nll, mlp
+from ..nn import PeakDropout, configure_decoder, mlp, reconstruction_nll
 from ..train import Fitted, Trainer
 
 DEFAULT_COMPONENTS = 8  # mixture components when neither the caller nor the labels say how many
@@ -50,7 +50,7 @@ class VariationalAutoEncoder(nn.Module):
         self.encoder = mlp([n_peaks, *hidden_dims], dropout=dropout, final_activation=True, peak_input=True)
         self.to_mean = nn.Linear(hidden_dims[-1], latent_dim)
         self.to_logvar = nn.Linear(hidden_dims[-1], latent_dim)
-        self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_peaks], dropout=dropout)
+        self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_peaks], dropout=dropout, peak_output=True)
         if prior == "gmm":
             self.mixture_logits = nn.Parameter(torch.zeros(n_components))
             self.mixture_means = nn.Parameter(torch.zeros(n_components, latent_dim))
@@ -85,7 +85,7 @@ class VariationalAutoEncoder(nn.Module):
     def loss(self, batch, epoch=None):
         mean, logvar = self.posterior(self.input_dropout(batch.x))
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
-        reconstruction = bernoulli_nll(self.decoder(z) + batch.depth, batch)
+        reconstruction = reconstruction_nll(self.decoder, z, batch)
         kl = self.kl(mean, logvar, z).mean()
         weight = self.kl_weight(epoch)
         return {"loss": reconstruction + weight * kl, "reconstruction": reconstruction, "kl": kl,
@@ -119,6 +119,7 @@ def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed:
     model = VariationalAutoEncoder(data.n_peaks, latent_dim, options["hidden_dims"], options["input_dropout"],
                                    options["dropout"], options["prior"], n_components,
                                    options["kl_warmup"]).to(trainer.device)
+    configure_decoder(model, data, options, trainer.device)
     init_epoch = min(max(options["kl_warmup"], 1), options["epochs"])
 
     def fit_mixture_when_warm(epoch, record):
