@@ -1,35 +1,50 @@
 """common.py: the spine every method script runs, step by step:
 
-    load -> labels -> filter -> transform + fit -> cluster and score -> UMAP -> write -> plot
+    check -> load -> labels -> filter -> transform + fit -> cluster and score -> UMAP -> write -> plot
 
 Each step is one function of the scatac package (scatac.read, scatac.pp, scatac.tl,
 scatac.export), the same ones a notebook calls; a script names only its method:
-`common.main(scatac.methods.AE)`. Every option is checked, and the output folder too, before
-the data are read; the data's own checks come before training.
+`common.main(scatac.methods.AE)`. Every option, the output folder and the matrix's header are
+checked before the data are read, the data's own checks come before any progress line and before
+training, and the results are written as a whole or not at all (scatac.files).
 """
 from __future__ import annotations
 
 import time
 
-from scatac import cli, files
+from scatac import cli, export, files, io, params
 from scatac.errors import info
 
 
 def run_method(method, argv=None) -> dict:
     """Run `method` (a scatac.methods card) as its script does; returns the scores."""
     settings, options = cli.checked_arguments(method, argv)
-    files.check_outdir(settings["outdir"])
+    outdir = files.check_outdir(settings["outdir"], known=export.RESULT_FILES)
+    shape = io.peek_shape(settings["data"])
+    if shape is not None:
+        params.check_latent_size(settings["latent_dim"], *shape, source=settings["data"], kept=False)
+    if settings["device"] not in ("auto", "cpu"):  # a GPU asked for and absent is known before loading
+        from scatac import runtime
+
+        runtime.select_device(settings["device"])
+    with files.output_lock(outdir):
+        return _run(method, settings, options, outdir)
+
+
+def _run(method, settings: dict, options: dict, outdir) -> dict:
     import scatac
-    from scatac import export, params, runtime
+    from scatac import runtime
     from scatac.evaluate import default_n_clusters
 
     seconds = {}
     started = time.perf_counter()
     adata = scatac.read(settings["data"], labels=settings["labels"], label_key=settings["label_key"])
-    info(f"loaded {adata.n_obs} cells x {adata.n_vars} peaks ({adata.X.nnz} non-zeros) from {settings['data']}"
-         f" in {time.perf_counter() - started:.1f}s")
-    scatac.pp.filter(adata, **{name: settings[name] for name in params.FILTER.params})
+    loaded = f"loaded {adata.n_obs} cells x {adata.n_vars} peaks ({adata.X.nnz} non-zeros) from {settings['data']}"
+    thresholds = {name: settings[name] for name in params.FILTER.params}
+    summary = scatac.pp.filter(adata, **thresholds, verbose=False)
     params.check_latent_size(settings["latent_dim"], adata.n_obs, adata.n_vars, source=settings["data"])
+    info(f"{loaded} in {time.perf_counter() - started:.1f}s")
+    info(scatac.pp.filter_message(summary, thresholds))
     labels_key = "label" if settings["labels"] or settings["label_key"] else None  # scatac.read put them there
     n_clusters = settings["n_clusters"] or default_n_clusters(adata.obs["label"] if labels_key else None)
     for name in method.sized_by_clusters:
@@ -52,11 +67,11 @@ def run_method(method, argv=None) -> dict:
         scatac.tl.umap(adata, use_rep=f"X_{method.name}", seed=settings["seed"])
         seconds["umap_s"] = time.perf_counter() - started
 
-    outdir, created = files.prepare_outdir(settings["outdir"])
-    with files.output_guard(outdir, created):
-        export.write_results(outdir, adata, method.name, labels_key=labels_key, model=model,
+    info(f"{method.name}: writing results ...")
+    with files.staged_folder(outdir) as stage:
+        export.write_results(stage, adata, method.name, labels_key=labels_key, model=model,
                              settings={**settings, "device": str(device)}, seconds=seconds)
-        export.write_figures(outdir, adata, method.name, labels_key=labels_key)
+        export.write_figures(stage, adata, method.name, labels_key=labels_key)
     print(f"{method.name}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items()))
     print(f"{method.name}: results in {outdir}")
     return scores

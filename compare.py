@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scatac import cli, files, methods, params
-from scatac.errors import InputError, TrainingFailed, info, warn
+from scatac import cli, export, files, io, methods, params
+from scatac.errors import TrainingFailed, info, warn
 from scatac.tl import ae, lsi, lsnmf, nmf, sparse_ae, spectral, stacked_ae, vae
 
 FIT = {"AE": ae, "SparseAE": sparse_ae, "StackedAE": stacked_ae, "VAE": vae, "NMF": nmf, "LSNMF": lsnmf,
@@ -28,6 +28,7 @@ FIT = {"AE": ae, "SparseAE": sparse_ae, "StackedAE": stacked_ae, "VAE": vae, "NM
 METHODS = tuple(methods.ALL)
 NEURAL = tuple(m.name for m in methods.NEURAL)
 SCORE_KEYS = ("ARI", "NMI", "F1", "silhouette")
+OUTPUT_FILES = ("comparison.tsv", "comparison.png", "umap_grid.png", "agreement.tsv")
 
 
 @dataclass
@@ -76,9 +77,7 @@ def run_one(method: str, adata, latent_dim: int, seed: int, options: dict, n_clu
             raise TrainingFailed(f"features of shape {features.shape}" + (" with non-finite values" if features.ndim == 2 else ""))
         result.scores = tl.cluster(result.adata, use_rep=f"X_{method}", labels_key="label" if "label" in adata.obs else None,
                                    n_clusters=n_clusters, seed=seed, n_init=n_init)
-    except (InputError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # a failing method is reported, the comparison goes on
+    except Exception as exc:  # a failing method (its own input error too) is its row; the comparison goes on
         reason = f"{exc.__class__.__name__}: {exc}".replace("\t", " ").replace("\n", " ")
         result.status = f"failed: {reason[:200]}"
         result.train_s = time.perf_counter() - started
@@ -233,7 +232,24 @@ def main(argv=None):
     seeds = params.Param("seeds", int, low=1).check(args.seeds, "--seeds")
     first_seed = params.SEED.check(args.first_seed, "--first-seed")
     n_init = params.N_INIT.check(args.n_init, "--n-init")
-    files.check_outdir(args.outdir)
+    outdir = check_outdir(args.outdir)
+    shape = io.peek_shape(args.data)
+    if shape is not None:
+        params.check_latent_size(latent_dim, *shape, source=args.data, kept=False)
+    with files.output_lock(outdir):
+        return _compare(args, run, latent_dim, names, options, seeds, first_seed, n_init, outdir)
+
+
+def check_outdir(outdir) -> Path:
+    """compare's output folder, refused if it (or a method folder in it) holds anything a comparison does not write."""
+    outdir = files.check_outdir(outdir, known=(*OUTPUT_FILES, *FIT))
+    for method in FIT:
+        if (outdir / method).exists():
+            files.check_outdir(outdir / method, known=(*export.RESULT_FILES, "scores_by_seed.tsv"))
+    return outdir
+
+
+def _compare(args, run, latent_dim, names, options, seeds, first_seed, n_init, outdir):
     import scatac
     from scatac import runtime
 
@@ -252,9 +268,11 @@ def main(argv=None):
     runtime.set_threads(run["threads"])
     seed_list = list(range(first_seed, first_seed + seeds))
     results = run_comparison(adata, names, latent_dim, seed_list, options, run["n_clusters"], n_init, device)
-    outdir, created = files.prepare_outdir(args.outdir)
-    with files.output_guard(outdir, created):
-        write_outputs(outdir, adata, results, names, {**vars(args), **run, "device": str(device)}, seeds)
+    info("comparison: writing results ...")
+    with files.staged_folder(outdir) as stage:
+        write_outputs(stage, adata, results, names, {**vars(args), **run, "device": str(device)}, seeds)
+    print(render_table(summarize(results, names)))
+    print(f"comparison: results in {outdir}")
     return results
 
 
@@ -274,7 +292,7 @@ def write_outputs(outdir: Path, adata, results, names, settings: dict, n_seeds: 
             groups = adata.obs["label"].astype(str).to_numpy() if labelled else first.adata.obs["cluster"].astype(str).to_numpy()
             panels.append((method, np.asarray(first.adata.obsm["X_umap"]), groups))
         folder = outdir / method
-        folder.mkdir(exist_ok=True)
+        folder.mkdir()
         files.write_table(folder / "scores_by_seed.tsv", ["seed", "status", *SCORE_KEYS, "train_s", "peak_mb"],
                           [[r.seed, r.status, *[files.format_float(r.scores.get(k, float("nan"))) for k in SCORE_KEYS],
                             files.format_float(r.train_s), files.format_float(r.peak_mb)] for r in results if r.method == method])
@@ -293,8 +311,6 @@ def write_outputs(outdir: Path, adata, results, names, settings: dict, n_seeds: 
     if panels:
         files.save_figure(pl.umap_grid(panels, adata.obs["label"].astype(str).to_numpy() if labelled else None),
                           outdir / "umap_grid.png")
-    print(render_table(rows))
-    print(f"comparison: results in {outdir}")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ Ctrl-C exit 130. Nothing here imports torch, anndata or matplotlib: --help answe
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Callable
 
-from .errors import InputError, TrainingFailed
+from .errors import InputError, Terminated, TrainingFailed
 from .methods import Method
 from .params import LATENT_DIM, RUN
 
@@ -62,8 +63,14 @@ def checked_arguments(method: Method, argv=None) -> tuple[dict, dict]:
     return settings, options
 
 
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def run_cli(main: Callable, *args):
-    """Run a script's `main`, turning user errors into one line and exit status 2."""
+    """Run a script's `main`, each way of ending as one line on stderr: a user error exit 2, a failed
+    training exit 1, Ctrl-C (SIGINT) 130, SIGTERM 143; the earlier result stays as it was."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return main(*args)
     except InputError as exc:
@@ -75,6 +82,11 @@ def run_cli(main: Callable, *args):
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("error: terminated", file=sys.stderr)
+        sys.exit(143)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def option_overrides(method: Method, argv) -> dict:

@@ -22,6 +22,11 @@ class InputError(ValueError):
         super().__init__(f"{self.file}: {problem}")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is so that every open context (a staging folder, a lock) unwinds;
+    a BaseException, as KeyboardInterrupt is, so that no `except Exception` swallows it."""
+
+
 class TrainingFailed(RuntimeError):
     """A loss turned NaN or infinite, or a model gave non-finite features."""
 

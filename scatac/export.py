@@ -18,6 +18,7 @@ and write_figures draws umap.png, confusion_matrix.png and loss.png beside them.
 """
 from __future__ import annotations
 
+import errno
 import json
 import platform
 import sys
@@ -27,8 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from . import pl
-from .files import atomic_path, format_float, save_figure, write_table, write_text
+from .files import atomic_path, ensure_space, format_float, save_figure, write_table, write_text
 
+# every name a results folder can hold: an existing folder holding anything else is never replaced
+RESULT_FILES = ("feature.txt", "cluster_assignments.txt", "scores.tsv", "confusion_matrix.tsv", "confusion_matrix.png",
+                "umap.txt", "umap.png", "loss.tsv", "loss.png", "loadings.tsv", "model.pt", "result.h5ad", "run.json")
 _FIT_KEYS = ("method", "params", "loss", "seconds")  # uns[key] entries that are not the fit's own extras
 
 
@@ -63,8 +67,11 @@ def save_model(path, model, settings: dict):
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save({"class": type(model).__name__, "config": {**model.config, "settings": settings},
-                    "state_dict": model.state_dict()}, tmp)
+        try:
+            torch.save({"class": type(model).__name__, "config": {**model.config, "settings": settings},
+                        "state_dict": model.state_dict()}, tmp)
+        except RuntimeError as exc:  # torch's writer reports a full disk as a RuntimeError
+            raise OSError(errno.EIO, f"{exc}".splitlines()[0], str(path)) from None
 
 
 def write_loadings(path, loadings: np.ndarray, peaks, method: str):
@@ -97,6 +104,9 @@ def write_h5ad(path, adata, key: str, cluster_key: str, umap_key: str, labels_ke
     if umap_key in adata.obsm:
         result.obsm["X_umap"] = np.asarray(adata.obsm[umap_key])
     result.uns["scatac_suite"] = _h5_safe(uns)
+    X = adata.X
+    ensure_space(path, int(1.2 * (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes)) + 2**24
+                 + sum(np.asarray(v).nbytes for v in result.obsm.values()))
     with atomic_path(path) as tmp:
         result.write_h5ad(tmp)
 

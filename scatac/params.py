@@ -57,7 +57,8 @@ class Param:
         """The same rule with another default or help: `INPUT_DROPOUT.but(default=0.5)`."""
         return dataclasses.replace(self, **changes)
 
-    def describe(self) -> str:
+    def describe(self, command_line: bool = False) -> str:
+        """The rule in words; on the command line without 'or None' (no one types None there)."""
         if self.choices:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         elif self.pattern:
@@ -72,7 +73,7 @@ class Param:
             elif self.high is not None:
                 text += f" {'<' if self.high_open else '<='} {self.high:g}"
         text += "".join(f" or {word!r}" for word in self.named)
-        return text + (" or None" if self.none_ok else "")
+        return text + (" or None" if self.none_ok and not command_line else "")
 
     def check(self, value, label: str | None = None):
         """`value` as the code uses it (a tuple when `many`); InputError(label or name, ...) when it breaks the rule."""
@@ -84,7 +85,8 @@ class Param:
                 return tuple(self._as_kind(v) for v in values)
         elif self._fits(value):
             return self._as_kind(value)
-        fail(label or self.name, f"must be {self.describe()}, got {value!r}")
+        label = label or self.name
+        fail(label, f"must be {self.describe(command_line=label.startswith('--'))}, got {value!r}")
 
     def _fits(self, value) -> bool:
         if self.kind is bool:
@@ -163,12 +165,15 @@ class Options:
                                     nargs="+" if p.many else None, choices=p.choices or None)
 
 
-def check_latent_size(latent_dim: int, n_cells: int, n_peaks: int, name: str = "latent_dim", source="data"):
-    """A latent size must be below the peaks kept and at most the cells kept (a rank-k factorization needs both)."""
+def check_latent_size(latent_dim: int, n_cells: int, n_peaks: int, name: str = "latent_dim", source="data",
+                      kept: bool = True):
+    """A latent size must be below the peaks and at most the cells (a rank-k factorization needs both): those kept by
+    the filter, or (kept False) those a file's header announces, before anything is read."""
+    which = "kept" if kept else "in the file"
     if latent_dim >= n_peaks:
-        fail(source, f"{name} {latent_dim} must be smaller than the number of peaks kept ({n_peaks})")
+        fail(source, f"{name} {latent_dim} must be smaller than the number of peaks {which} ({n_peaks})")
     if latent_dim > n_cells:
-        fail(source, f"{name} {latent_dim} must not exceed the number of cells kept ({n_cells})")
+        fail(source, f"{name} {latent_dim} must not exceed the number of cells {which} ({n_cells})")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
+# Figures stay bounded whatever the labels: a legend or per-cell numbers only up to these counts, inches at most
+MAX_LEGEND = 40
+MAX_ANNOTATED = 900
+MAX_INCHES = 20
+
 
 def _pyplot():
     import matplotlib
@@ -44,7 +49,7 @@ def embedding(ax, coords: np.ndarray, groups: Sequence, title: str, colors: dict
     ax.set_yticks([])
     ax.set_xlabel("UMAP1")
     ax.set_ylabel("UMAP2")
-    if legend:
+    if legend and len(set(groups)) <= MAX_LEGEND:
         ax.legend(markerscale=max(1.0, 6.0 / size), fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5),
                   title=legend_title, title_fontsize=7)
 
@@ -63,16 +68,20 @@ def confusion(adata, key: str = "cluster", title: str | None = None):
     plt = _pyplot()
     table = adata.uns[key]["confusion"]
     values = table.to_numpy()
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * values.shape[1], 1.0 + 0.4 * values.shape[0]))
+    fig, ax = plt.subplots(figsize=(min(MAX_INCHES, 1.2 + 0.45 * values.shape[1]), min(MAX_INCHES, 1.0 + 0.4 * values.shape[0])))
     ax.imshow(values, cmap="Blues", aspect="auto")
-    ax.set_xticks(range(values.shape[1]), [str(c) for c in table.columns], fontsize=7)
-    ax.set_yticks(range(values.shape[0]), [str(r) for r in table.index], fontsize=7)
+    if values.shape[1] <= MAX_LEGEND:
+        ax.set_xticks(range(values.shape[1]), [str(c) for c in table.columns], fontsize=7)
+    if values.shape[0] <= MAX_LEGEND:
+        ax.set_yticks(range(values.shape[0]), [str(r) for r in table.index], fontsize=7)
     ax.set_xlabel("cluster (ordered by best match)")
     ax.set_ylabel("label")
     threshold = values.max() / 2 if values.size else 0
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            ax.text(j, i, str(values[i, j]), ha="center", va="center", fontsize=6, color="white" if values[i, j] > threshold else "black")
+    if values.size <= MAX_ANNOTATED:
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                ax.text(j, i, str(values[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if values[i, j] > threshold else "black")
     ax.set_title(title or f"labels vs clusters (ARI {adata.uns[key]['scores']['ARI']:.2f})", fontsize=10)
     return fig
 
@@ -134,7 +143,7 @@ def umap_grid(panels: list, labels):
         ax.set_ylabel("")
     for ax in axes.ravel()[n:]:
         ax.axis("off")
-    if labels is not None:
+    if labels is not None and len(colors) <= MAX_LEGEND:
         handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[name], label=name) for name in colors]
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()

@@ -57,11 +57,12 @@ def filter_masks(X: sp.csr_matrix, min_cells_per_peak=3, max_cells_per_peak=1.0,
     return cell_mask, peak_mask, summary
 
 
-def filter(adata, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10) -> dict:
+def filter(adata, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10, verbose: bool = True) -> dict:
     """Filter `adata` in place (as scanpy's filter_cells / filter_genes): see `filter_masks`.
 
     Thresholds below 1 are fractions (of cells, or of the peaks kept). The summary (cells and peaks
-    before and after, and why each went) goes to `adata.uns["scatac"]["filter"]` and is returned.
+    before and after, and why each went) goes to `adata.uns["scatac"]["filter"]` and is returned;
+    `verbose` prints it as one line (filter_message) on stderr.
     """
     values = FILTER.resolve(dict(min_cells_per_peak=min_cells_per_peak, max_cells_per_peak=max_cells_per_peak,
                                  min_peaks_per_cell=min_peaks_per_cell), where="filter")
@@ -74,11 +75,18 @@ def filter(adata, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_ce
         adata._inplace_subset_var(peak_mask)
     provenance = adata.uns.setdefault("scatac", {})  # subsetting rebuilt uns
     provenance["filter"] = summary
-    info(f"filter: kept {summary['cells_after']} of {summary['cells_before']} cells x {summary['peaks_after']} of "
-         f"{summary['peaks_before']} peaks (dropped {summary['cells_dropped_few_peaks']} cells with < "
-         f"{values['min_peaks_per_cell']:g} open peaks; {summary['peaks_dropped_rare']} peaks open in < "
-         f"{values['min_cells_per_peak']:g} cells, {summary['peaks_dropped_common']} in > {values['max_cells_per_peak']:g})")
+    if verbose:
+        info(filter_message(summary, values))
     return summary
+
+
+def filter_message(summary: dict, thresholds: dict) -> str:
+    """The filter's summary as one line."""
+    return (f"filter: kept {summary['cells_after']} of {summary['cells_before']} cells x {summary['peaks_after']} of "
+            f"{summary['peaks_before']} peaks (dropped {summary['cells_dropped_few_peaks']} cells with < "
+            f"{thresholds['min_peaks_per_cell']:g} open peaks; {summary['peaks_dropped_rare']} peaks open in < "
+            f"{thresholds['min_cells_per_peak']:g} cells, {summary['peaks_dropped_common']} in > "
+            f"{thresholds['max_cells_per_peak']:g})")
 
 
 TFIDF_BLOCK_NNZ = 1 << 21  # non-zeros per block of tfidf's temporaries

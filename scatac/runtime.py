@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from .errors import fail
+from .errors import fail, warn
 
 
 def select_device(requested: str = "auto"):
@@ -34,11 +34,20 @@ def set_seed(seed: int):
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def set_threads(threads: int | None):
-    """CPU threads for torch; None leaves torch's choice."""
+    """CPU threads for torch; None leaves torch's choice. More threads than CPUs are cut to the CPUs with a
+    warning: torch's threads spin-wait for each other, and 10,000 of them on 2 cores made an epoch 2,000x slower."""
     if threads:
         import torch
 
+        cpus = usable_cpus()
+        if threads > cpus:
+            warn(f"--threads {threads} is more than the {cpus} CPUs this process may use: using {cpus}")
+            threads = cpus
         torch.set_num_threads(threads)
 
 

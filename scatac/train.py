@@ -135,8 +135,6 @@ class Trainer:
                 if index == 1:
                     after_first = time.perf_counter()
                 steady += index >= 1
-                if len(rows) < 2 and data.n_cells >= 2:
-                    continue  # a batch of one has no batch statistics
                 with torch.profiler.record_function("assemble_batch"):  # named in bench/scale.py --profile
                     batch = Batch(data, rows, device)
                 terms = loss_fn(model, batch, epoch)

@@ -1,0 +1,292 @@
+"""The count matrix of every supported layout, read into CSR cells x peaks float32 after its sizes were checked.
+
+A Matrix Market header is read first and held against the peaks and barcodes files and against the file's own
+size, so a broken or lying header is refused before anything is allocated.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import InputError, fail
+from .text import (COMPRESSED_SUFFIXES, READ_ERRORS, first_existing, open_binary, read_first_column, read_lines, read_problem,
+                   without_compression)
+
+# a folder's files, each plain or compressed: Cell Ranger ATAC's, SCALE's (data.mtx + cell_id.txt, and count.mtx +
+# peak.txt + barcode.txt as its README documents)
+MTX_NAMES = ["matrix.mtx", "data.mtx", "count.mtx"]
+PEAKS_NAMES = ["peaks.txt", "peaks.bed", "features.tsv", "peak.txt"]
+BARCODES_NAMES = ["barcodes.txt", "barcodes.tsv", "cell_id.txt", "barcode.txt"]
+TABLE_SUFFIXES = (".txt", ".tsv", ".csv")
+# a deflate stream expands at most ~1,032-fold; an entry line of a Matrix Market file takes at least 4 bytes ("1 1\n")
+MAX_EXPANSION = {".gz": 1100, ".bz2": 50000, ".xz": 50000, ".zip": 1100}
+MIN_ENTRY_BYTES = 4
+
+
+class Matrix(NamedTuple):
+    """What a reader returns: X (n_cells, n_peaks) CSR float32, the cell and peak names, and an
+    .h5ad's own obs and var tables (None for the other layouts)."""
+
+    X: sp.csr_matrix
+    barcodes: list
+    peaks: list
+    obs: object = None
+    var: object = None
+
+
+def _check_values(path, X: sp.csr_matrix):
+    if X.nnz == 0:
+        fail(path, "matrix has no non-zero entries")
+    if not np.all(np.isfinite(X.data)):
+        fail(path, "matrix contains NaN or infinite values")
+    if X.data.min() < 0:
+        fail(path, "matrix contains negative values; expected counts")
+
+
+def _named(X: sp.csr_matrix, barcodes: list, peaks: list, source: Path, peaks_file=None, barcodes_file=None) -> Matrix:
+    """The matrix read from `source` with its names, once they match its shape and its values are counts."""
+    for names, axis, kind, file in ((peaks, 1, "peaks", peaks_file), (barcodes, 0, "barcodes", barcodes_file)):
+        if len(names) != X.shape[axis]:
+            where = f"{source.name} has" if file is not None else "the matrix has"
+            fail(file or source, f"has {len(names)} {kind} but {where} {X.shape[axis]} {'peaks' if axis else 'cells'}")
+    _check_values(source, X)
+    return Matrix(X, barcodes, peaks)
+
+
+def mtx_header(path: Path) -> tuple[int, int, int]:
+    """(rows, columns, entries) of a Matrix Market file's header, checked against the file's size."""
+    try:
+        with open_binary(path) as handle:
+            banner = handle.readline(256).decode("ascii", "replace").split()
+            line = handle.readline(256)
+            while line.startswith(b"%"):
+                line = handle.readline(256)
+            sizes = line.decode("ascii", "replace").split()
+    except InputError:
+        raise
+    except READ_ERRORS as exc:
+        fail(path, read_problem(exc))
+    if len(banner) < 4 or banner[0].lower() != "%%matrixmarket" or banner[1].lower() != "matrix":
+        fail(path, "is not a Matrix Market file (its first line is not '%%MatrixMarket matrix ...')")
+    if banner[2].lower() != "coordinate":
+        fail(path, f"is a Matrix Market '{banner[2]}' matrix; expected the sparse 'coordinate' format")
+    if len(sizes) != 3 or not all(s.isdigit() for s in sizes):
+        fail(path, f"has no 'rows columns entries' line after its header (found {' '.join(sizes)[:60]!r})")
+    rows, cols, entries = map(int, sizes)
+    size = path.stat().st_size
+    most = size * MAX_EXPANSION.get(path.suffix.lower(), 1) // MIN_ENTRY_BYTES
+    if entries > rows * cols or entries > most:
+        fail(path, f"header claims {entries:,} entries of a {rows:,} x {cols:,} matrix but the file has {size:,} bytes: "
+                   "corrupt or truncated")
+    return rows, cols, entries
+
+
+def _read_mtx(path: Path, shape: tuple[int, int]) -> sp.csr_matrix:
+    """A Matrix Market file (peaks x cells) whose header said `shape`, as CSR cells x peaks."""
+    import scipy.io
+
+    try:
+        if path.suffix.lower() in COMPRESSED_SUFFIXES:
+            with open_binary(path) as handle:
+                matrix = scipy.io.mmread(handle)
+        else:
+            # by path, not an open file: fast_matrix_market aborts the process (C++ terminate)
+            # on a parse error in a plain file handle instead of raising ValueError
+            matrix = scipy.io.mmread(str(path))
+    except (*READ_ERRORS, ValueError, IndexError, TypeError, RuntimeError) as exc:
+        fail(path, f"corrupt or truncated Matrix Market file ({exc.__class__.__name__}: {exc})")
+    if matrix.shape != shape:
+        fail(path, f"holds a {matrix.shape[0]} x {matrix.shape[1]} matrix but its header said {shape[0]} x {shape[1]}")
+    if not sp.issparse(matrix):
+        matrix = sp.coo_matrix(matrix)
+    return sp.csr_matrix(matrix.T, dtype=np.float32)
+
+
+def _folder_mtx(path: Path) -> Path:
+    """The Matrix Market file of a folder, or `path` itself when it is one."""
+    if not path.is_dir():
+        return path
+    mtx = first_existing(path, MTX_NAMES)
+    if mtx is None:
+        fail(path, f"folder has no {', '.join(MTX_NAMES)} (plain or compressed): expected a 10x or SCALE layout")
+    return mtx
+
+
+def _folder_files(path: Path) -> tuple[Path, Path, Path]:
+    mtx = _folder_mtx(path)
+    found = []
+    for names, what in ((PEAKS_NAMES, "peaks"), (BARCODES_NAMES, "barcodes")):
+        found.append(first_existing(mtx.parent, names))
+        if found[-1] is None:
+            fail(mtx.parent, f"folder has no {' or '.join(names)} (plain or compressed) with the {what} of {mtx.name}")
+    return mtx, *found
+
+
+def _is_mtx(name: str) -> bool:
+    return without_compression(name).endswith(".mtx")
+
+
+def _load_10x_folder(path: Path) -> Matrix:
+    """A 10x/SCALE folder, or a Matrix Market file (peaks x cells) with its peaks and barcodes beside it."""
+    mtx, peaks_file, barcodes_file = _folder_files(path)
+    peaks = read_first_column(peaks_file)
+    barcodes = [line.split("\t")[0] for line in read_lines(barcodes_file)]
+    rows, cols, _ = mtx_header(mtx)
+    if len(peaks) != rows:
+        fail(peaks_file, f"has {len(peaks)} peaks but {mtx.name} has {rows} rows")
+    if len(barcodes) != cols:
+        fail(barcodes_file, f"has {len(barcodes)} barcodes but {mtx.name} has {cols} columns")
+    return _named(_read_mtx(mtx, (rows, cols)), barcodes, peaks, mtx, peaks_file, barcodes_file)
+
+
+def _h5_strings(values) -> list:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values[()]]
+
+
+def _h5_group(handle):
+    return handle["matrix"] if "matrix" in handle else handle[next(iter(handle.keys()))]
+
+
+def _load_10x_h5(path: Path) -> Matrix:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            group = _h5_group(handle)
+            n_peaks, n_cells = (int(v) for v in group["shape"][()])  # peaks x cells, stored column-major
+            barcodes = _h5_strings(group["barcodes"])
+            if "features" in group:
+                features = group["features"]
+                peaks = _h5_strings(features["id"] if "id" in features else features["name"])
+            else:  # Cell Ranger ATAC 1.x kept peaks under "genes"
+                peaks = _h5_strings(group["genes"])
+            if len(barcodes) != n_cells:
+                fail(path, f"has {len(barcodes)} barcodes but its matrix has {n_cells} cells")
+            if len(peaks) != n_peaks:
+                fail(path, f"has {len(peaks)} peaks but its matrix has {n_peaks} peaks")
+            if group["indptr"].shape != (n_cells + 1,) or group["indices"].shape != group["data"].shape:
+                fail(path, "corrupt sparse matrix: indptr, indices and data do not fit its shape")
+            data = group["data"][()].astype(np.float32)
+            indices = group["indices"][()]
+            indptr = group["indptr"][()]
+    except InputError:
+        raise
+    except (OSError, KeyError, StopIteration, ValueError, TypeError) as exc:
+        fail(path, f"not a readable 10x HDF5 matrix ({exc.__class__.__name__}: {exc})")
+    try:
+        # CSC peaks x cells is CSR cells x peaks with the same three arrays.
+        X = sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_peaks))
+        X.check_format(full_check=True)
+    except ValueError as exc:
+        fail(path, f"corrupt sparse matrix ({exc})")
+    return _named(X, barcodes, peaks, path)
+
+
+def _load_h5ad(path: Path) -> Matrix:
+    import anndata
+
+    try:
+        adata = anndata.read_h5ad(path)
+    except Exception as exc:  # anndata raises many kinds for a broken file
+        fail(path, f"not a readable AnnData file ({exc.__class__.__name__}: {exc})")
+    X = adata.X
+    if X is None:
+        fail(path, "AnnData file has no X matrix")
+    if sp.issparse(X):
+        X = sp.csr_matrix(X, dtype=np.float32)
+    else:
+        # A dense X is already in memory; keep only its non-zeros.
+        X = sp.csr_matrix(np.asarray(X, dtype=np.float32))
+    _check_values(path, X)
+    return Matrix(X, [str(v) for v in adata.obs_names], [str(v) for v in adata.var_names], obs=adata.obs, var=adata.var)
+
+
+def _load_dense_table(path: Path, chunk_rows: int = 2000) -> Matrix:
+    """A peaks x cells table with a header of cell ids (SCALE's data.txt), read in chunks."""
+    import pandas as pd
+
+    sep = "," if ".csv" in path.suffixes else "\t"
+    blocks, peaks = [], []
+    barcodes = None
+    try:
+        reader = pd.read_csv(path, sep=sep, index_col=0, chunksize=chunk_rows, dtype=str, compression="infer")
+        for chunk in reader:
+            if barcodes is None:
+                barcodes = [str(c) for c in chunk.columns]
+            try:
+                values = chunk.to_numpy(dtype=np.float32)
+            except ValueError as exc:
+                fail(path, f"non-numeric value in the table ({exc})")
+            blocks.append(sp.csr_matrix(values))
+            peaks.extend(str(i) for i in chunk.index)
+    except InputError:
+        raise
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, *READ_ERRORS, ValueError) as exc:
+        fail(path, f"cannot parse as a peaks x cells table ({exc.__class__.__name__}: {exc})".replace("\n", " "))
+    if not blocks or barcodes is None or not barcodes:
+        fail(path, "table is empty")
+    X = sp.vstack(blocks).T.tocsr().astype(np.float32)
+    if np.isnan(X.data).any():
+        fail(path, "matrix contains NaN values (empty or 'NA' cells in the table)")
+    _check_values(path, X)
+    return Matrix(X, barcodes, peaks)
+
+
+
+
+
+def _is_table(name: str) -> bool:
+    return without_compression(name).endswith(TABLE_SUFFIXES)
+
+
+def read_matrix(path) -> Matrix:
+    """The counts at `path` in any supported layout, detected from the path; X canonical CSR cells x peaks."""
+    path = Path(path)
+    if not path.exists():
+        fail(path, "no such file or folder")
+    name = path.name.lower()
+    if path.is_dir():
+        matrix = _load_10x_folder(path)
+    elif name.endswith(".h5ad"):
+        matrix = _load_h5ad(path)
+    elif name.endswith((".h5", ".hdf5")):
+        matrix = _load_10x_h5(path)
+    elif _is_mtx(name):
+        matrix = _load_10x_folder(path)
+    elif _is_table(name):
+        matrix = _load_dense_table(path)
+    else:
+        fail(path, "unknown format; expected a 10x/SCALE folder, .h5, .h5ad, .mtx[.gz] or a .txt/.tsv/.csv table "
+                   "(plain, .gz, .bz2, .xz or .zip)")
+    X = matrix.X
+    X.sum_duplicates()
+    X.eliminate_zeros()
+    X.sort_indices()
+    return matrix
+
+
+def peek_shape(path) -> tuple[int, int] | None:
+    """(n_cells, n_peaks) from a file's header alone, without reading the matrix; None where a layout has no header
+    (a table) or the header cannot be read (read_matrix then says why)."""
+    path = Path(path)
+    try:
+        name = path.name.lower()
+        if path.is_dir() or _is_mtx(name):
+            rows, cols, _ = mtx_header(_folder_mtx(path))
+            return cols, rows
+        if name.endswith((".h5", ".hdf5", ".h5ad")):
+            import h5py
+
+            with h5py.File(path, "r") as handle:
+                if name.endswith(".h5ad"):
+                    X = handle["X"]
+                    shape = X.attrs["shape"] if "shape" in X.attrs else X.shape
+                    return int(shape[0]), int(shape[1])
+                n_peaks, n_cells = (int(v) for v in _h5_group(handle)["shape"][()])
+                return n_cells, n_peaks
+    except Exception:  # the full read reports the problem properly
+        return None
+    return None
