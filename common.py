@@ -38,11 +38,14 @@ def _run(method, settings: dict, options: dict, outdir) -> dict:
 
     seconds = {}
     started = time.perf_counter()
-    adata = scatac.read(settings["data"], labels=settings["labels"], label_key=settings["label_key"])
+    adata = scatac.read(settings["data"], labels=settings["labels"], verbose=False,
+                        **{name: settings[name] for name in params.READ.params})
     loaded = f"loaded {adata.n_obs} cells x {adata.n_vars} peaks ({adata.X.nnz} non-zeros) from {settings['data']}"
     thresholds = {name: settings[name] for name in params.FILTER.params}
     summary = scatac.pp.filter(adata, **thresholds, verbose=False)
     params.check_latent_size(settings["latent_dim"], adata.n_obs, adata.n_vars, source=settings["data"])
+    for note in adata.uns["scatac"]["read_notes"]:  # after the data's checks: no progress line before an error
+        info(note)
     info(f"{loaded} in {time.perf_counter() - started:.1f}s")
     info(scatac.pp.filter_message(summary, thresholds))
     labels_key = "label" if settings["labels"] or settings["label_key"] else None  # scatac.read put them there

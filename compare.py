@@ -254,7 +254,7 @@ def _compare(args, run, latent_dim, names, options, seeds, first_seed, n_init, o
     from scatac import runtime
 
     device = runtime.select_device(run["device"])
-    adata = scatac.read(args.data, labels=args.labels, label_key=run["label_key"])
+    adata = scatac.read(args.data, labels=args.labels, **{name: run[name] for name in params.READ.params})
     scatac.pp.filter(adata, **{name: run[name] for name in params.FILTER.params})
     params.check_latent_size(latent_dim, adata.n_obs, adata.n_vars, source=args.data)
     names.append("LSI")

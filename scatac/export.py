@@ -88,25 +88,61 @@ def write_loss(path, history):
                  for phase, epoch, *values in history[["phase", "epoch", *terms]].itertuples(index=False)))
 
 
+PEAK_NAME = r"^(?P<chrom>[^:\s]+)[:_-](?P<start>\d+)[-_](?P<end>\d+)$"  # chr1:100-200, chr1-100-200, chr1_100_200
+
+
+def peak_columns(var_names) -> dict:
+    """chrom, start and end parsed from peak names, where every name parses (as Signac and SnapATAC2 keep them in var)."""
+    import pandas as pd
+
+    parts = pd.Series(list(var_names), dtype=str).str.extract(PEAK_NAME)
+    if len(parts) == 0 or parts.isna().any().any():
+        return {}
+    return {"chrom": pd.Categorical(parts["chrom"].to_numpy()), "start": parts["start"].astype(np.int64).to_numpy(),
+            "end": parts["end"].astype(np.int64).to_numpy()}
+
+
+def _colors(column) -> list:
+    """The colours the suite's figures give each category, in the column's category order, as scanpy keeps them in
+    uns['<column>_colors'] so that sc.pl.umap draws the same picture."""
+    from matplotlib.colors import to_hex
+
+    colors = pl.category_colors(list(column.cat.categories))
+    return [to_hex(colors[name]) for name in column.cat.categories]
+
+
 def write_h5ad(path, adata, key: str, cluster_key: str, umap_key: str, labels_key: str | None, uns: dict):
-    """The kept cells with their counts in X, the features in obsm["X_<key>"], readable by scanpy."""
+    """The kept cells with their counts in X, the features in obsm["X_<key>"], readable by scanpy.
+
+    obs and var keep the input's own columns (an .h5ad's); var gains chrom, start and end where the peak names
+    parse; a factorization's peak loadings go to varm["<key>_loadings"]; label and cluster colours to uns."""
     import anndata
     import pandas as pd
 
-    obs = pd.DataFrame(index=pd.Index(list(adata.obs_names), name="barcode"))
+    obs = adata.obs.copy()
+    obs.index = pd.Index(list(adata.obs_names), name="barcode")
     if labels_key is not None:
         obs["label"] = pd.Categorical(adata.obs[labels_key].astype(str).to_numpy())
     obs["cluster"] = pd.Categorical(adata.obs[cluster_key].astype(str).to_numpy())
     obs["n_open_peaks"] = np.diff(adata.X.indptr)
-    var = pd.DataFrame(index=pd.Index(list(adata.var_names), name="peak"))
+    var = adata.var.copy()
+    var.index = pd.Index(list(adata.var_names), name="peak")
+    for name, values in peak_columns(adata.var_names).items():
+        if name not in var:
+            var[name] = values
     result = anndata.AnnData(X=adata.X, obs=obs, var=var)
     result.obsm[f"X_{key}"] = np.asarray(adata.obsm[f"X_{key}"])
     if umap_key in adata.obsm:
         result.obsm["X_umap"] = np.asarray(adata.obsm[umap_key])
+    if f"{key}_loadings" in adata.varm:
+        result.varm[f"{key}_loadings"] = np.asarray(adata.varm[f"{key}_loadings"])
+    for column in ("label", "cluster"):
+        if column in obs:
+            result.uns[f"{column}_colors"] = _colors(obs[column])
     result.uns["scatac_suite"] = _h5_safe(uns)
     X = adata.X
     ensure_space(path, int(1.2 * (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes)) + 2**24
-                 + sum(np.asarray(v).nbytes for v in result.obsm.values()))
+                 + sum(np.asarray(v).nbytes for v in [*result.obsm.values(), *result.varm.values()]))
     with atomic_path(path) as tmp:
         result.write_h5ad(tmp)
 

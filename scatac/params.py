@@ -183,12 +183,35 @@ LATENT_DIM = Param("latent_dim", int, 10, "number of latent features per cell", 
 
 LABEL_KEY = Param("label_key", str, None, "obs column holding cell-type labels (for .h5ad input)",
                   none_ok=True, group="data")
+LAYER = Param("layer", str, None, "AnnData layer holding the counts, instead of X (.h5ad/.h5mu input; e.g. counts)",
+              none_ok=True, group="data")
+MODALITY = Param("modality", str, None, "the MuData modality to read (.h5mu input; default atac)", none_ok=True,
+                 group="data")
+USE_SELECTED = Param("use_selected", bool, False, "keep only the peaks of var['selected'] (an .h5ad from SnapATAC2's "
+                                                 "select_features)", group="data")
+PEAKS = Param("peaks", str, None, "fragment-file input: a BED file of the peaks to count in", none_ok=True,
+              group="fragment files")
+TILE_SIZE = Param("tile_size", int, None, "fragment-file input: count in fixed-width bins of this many bases instead "
+                                          "(SnapATAC2's add_tile_matrix uses 500)", low=1, none_ok=True,
+                  group="fragment files")
+BARCODES = Param("barcodes", str, None, "fragment-file input: a file of the cell barcodes to keep (default: those "
+                                        "with at least --min-fragments)", none_ok=True, group="fragment files")
+MIN_FRAGMENTS = Param("min_fragments", int, 200, "fragment-file input: a barcode is a cell from this many fragments "
+                                                 "(chrM not counted; SnapATAC2's default 200)", low=1,
+                      group="fragment files")
+COUNTING = Param("counting", str, "paired-insertion", "fragment-file input: paired-insertion (SnapATAC2's default: a "
+                                                      "fragment with both ends in a peak counts 1), insertion (each "
+                                                      "end counts 1), fragment (each overlapping fragment counts 1)",
+                 choices=("paired-insertion", "insertion", "fragment"), group="fragment files")
 MIN_CELLS_PER_PEAK = Param("min_cells_per_peak", float, 3, low=0, group="data",
                            help="keep peaks open in at least this many cells (a fraction of cells when < 1; default 3, as SCALE)")
 MAX_CELLS_PER_PEAK = Param("max_cells_per_peak", float, 1.0, low=0, group="data",
                            help="keep peaks open in at most this many cells (a fraction when <= 1.0; default 1.0 keeps all)")
 MIN_PEAKS_PER_CELL = Param("min_peaks_per_cell", float, 10, low=0, group="data",
                            help="keep cells with at least this many open peaks (default 10)")
+N_TOP_PEAKS = Param("n_top_peaks", int, None, low=1, none_ok=True, group="data",
+                    help="after filtering, keep only the N peaks open in the most cells (SCALE's n_feature, SnapATAC2's "
+                         "select_features; default: keep all)")
 TRANSFORM = Param("transform", str, "tfidf", choices=TRANSFORMS, group="data",
                   help="encoder input: binary, tfidf (rows L2-normalized), log (log1p counts), maxabs (per-peak "
                        "MaxAbsScaler, the original suite's); default tfidf")
@@ -225,5 +248,6 @@ NEGATIVES = Param("negatives", str, "2x", "peaks drawn per batch for the sampled
                   pattern_help="a count like '2000' or a ratio like '4x'", group="training")
 
 # What every run of a method script takes besides the method's own options: the data and the run.
-FILTER = Options(MIN_CELLS_PER_PEAK, MAX_CELLS_PER_PEAK, MIN_PEAKS_PER_CELL)
-RUN = Options(LABEL_KEY) + FILTER + Options(N_CLUSTERS, SEED, DEVICE, NO_UMAP, THREADS)
+FILTER = Options(MIN_CELLS_PER_PEAK, MAX_CELLS_PER_PEAK, MIN_PEAKS_PER_CELL, N_TOP_PEAKS)
+READ = Options(LABEL_KEY, LAYER, MODALITY, USE_SELECTED, PEAKS, TILE_SIZE, BARCODES, MIN_FRAGMENTS, COUNTING)
+RUN = READ + FILTER + Options(N_CLUSTERS, SEED, DEVICE, NO_UMAP, THREADS)

@@ -17,33 +17,50 @@ def _as_count(value, total):
     return value * total if value < 1 or (value == 1 and isinstance(value, float)) else value
 
 
-def filter_masks(X: sp.csr_matrix, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10, source="adata"):
+def _open_per_cell(X: sp.csr_matrix, peak_mask: np.ndarray) -> np.ndarray:
+    """Open peaks of `peak_mask` per cell, counted without X[:, peaks]'s copy of the matrix."""
+    so_far = np.zeros(X.nnz + 1, dtype=np.int32 if X.nnz < 2**31 else np.int64)
+    np.cumsum(peak_mask[X.indices], out=so_far[1:])
+    return (so_far[X.indptr[1:]] - so_far[X.indptr[:-1]]).astype(np.int64)
+
+
+def filter_masks(X: sp.csr_matrix, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10,
+                 n_top_peaks=None, source="adata"):
     """Which cells and peaks SCALE's filter keeps: (cell_mask, peak_mask, summary).
 
     Peaks are kept when open in at least `min_cells_per_peak` and at most `max_cells_per_peak`
     cells, then cells with at least `min_peaks_per_cell` open peaks among those; peaks that only
-    the dropped cells opened go too. Counted on X's structure, without a copy of the matrix.
+    the dropped cells opened go too. With `n_top_peaks`, only that many of the kept peaks stay, those
+    open in the most kept cells (ties: the first in the file), and cells left with no open peak go.
+    Counted on X's structure, without a copy of the matrix.
     """
     n_cells, n_peaks = X.shape
     cells_per_peak = np.bincount(X.indices, minlength=n_peaks)
     low = _as_count(min_cells_per_peak, n_cells)
     high = _as_count(max_cells_per_peak, n_cells)
     peak_mask = (cells_per_peak >= low) & (cells_per_peak <= high)
-    # open kept peaks per cell, counted without X[:, peaks]'s copy of the matrix
-    kept_so_far = np.zeros(X.nnz + 1, dtype=np.int32 if X.nnz < 2**31 else np.int64)
-    np.cumsum(peak_mask[X.indices], out=kept_so_far[1:])
-    peaks_per_cell = (kept_so_far[X.indptr[1:]] - kept_so_far[X.indptr[:-1]]).astype(np.int64)
-    del kept_so_far
+    peaks_per_cell = _open_per_cell(X, peak_mask)
     cell_mask = peaks_per_cell >= _as_count(min_peaks_per_cell, max(int(peak_mask.sum()), 1))
     if cell_mask.sum() == 0 or peak_mask.sum() == 0:
         fail(source, f"nothing left after filtering ({int(cell_mask.sum())} cells x {int(peak_mask.sum())} peaks kept of "
                      f"{n_cells} x {n_peaks}); lower --min-cells-per-peak / --min-peaks-per-cell")
     # peaks that only the dropped cells opened carry nothing
-    still_open = np.bincount(X.indices[np.repeat(cell_mask, np.diff(X.indptr))], minlength=n_peaks) > 0
+    open_in_kept = np.bincount(X.indices[np.repeat(cell_mask, np.diff(X.indptr))], minlength=n_peaks)
+    still_open = open_in_kept > 0
     in_range = peak_mask.copy()
     peak_mask &= still_open
     if peak_mask.sum() < 2:
         fail(source, f"only {int(peak_mask.sum())} peak left after filtering; lower --min-cells-per-peak")
+    not_top = 0
+    if n_top_peaks is not None and peak_mask.sum() > n_top_peaks:
+        order = np.argsort(-np.where(peak_mask, open_in_kept, -1), kind="stable")
+        top = np.zeros(n_peaks, dtype=bool)
+        top[order[:n_top_peaks]] = True
+        not_top = int(peak_mask.sum() - n_top_peaks)
+        peak_mask &= top
+    cells_before_top = int(cell_mask.sum())
+    if not_top:
+        cell_mask &= _open_per_cell(X, peak_mask) > 0
     summary = {
         "cells_before": n_cells,
         "peaks_before": n_peaks,
@@ -53,11 +70,14 @@ def filter_masks(X: sp.csr_matrix, min_cells_per_peak=3, max_cells_per_peak=1.0,
         "peaks_dropped_rare": int((cells_per_peak < low).sum()),
         "peaks_dropped_common": int((cells_per_peak > high).sum()),
         "peaks_dropped_empty_after_cell_filter": int((~still_open & in_range).sum()),
+        "peaks_dropped_not_top": not_top,
+        "cells_dropped_no_top_peak": cells_before_top - int(cell_mask.sum()),
     }
     return cell_mask, peak_mask, summary
 
 
-def filter(adata, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10, verbose: bool = True) -> dict:
+def filter(adata, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10, n_top_peaks=None,
+           verbose: bool = True) -> dict:
     """Filter `adata` in place (as scanpy's filter_cells / filter_genes): see `filter_masks`.
 
     Thresholds below 1 are fractions (of cells, or of the peaks kept). The summary (cells and peaks
@@ -65,7 +85,7 @@ def filter(adata, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_ce
     `verbose` prints it as one line (filter_message) on stderr.
     """
     values = FILTER.resolve(dict(min_cells_per_peak=min_cells_per_peak, max_cells_per_peak=max_cells_per_peak,
-                                 min_peaks_per_cell=min_peaks_per_cell), where="filter")
+                                 min_peaks_per_cell=min_peaks_per_cell, n_top_peaks=n_top_peaks), where="filter")
     provenance = adata.uns.setdefault("scatac", {})
     cell_mask, peak_mask, summary = filter_masks(adata.X, **values, source=provenance.get("source", "adata"))
     # one copy of the matrix at a time: old and new coexist only within each step
@@ -86,7 +106,10 @@ def filter_message(summary: dict, thresholds: dict) -> str:
             f"{summary['peaks_before']} peaks (dropped {summary['cells_dropped_few_peaks']} cells with < "
             f"{thresholds['min_peaks_per_cell']:g} open peaks; {summary['peaks_dropped_rare']} peaks open in < "
             f"{thresholds['min_cells_per_peak']:g} cells, {summary['peaks_dropped_common']} in > "
-            f"{thresholds['max_cells_per_peak']:g})")
+            f"{thresholds['max_cells_per_peak']:g}"
+            + (f"; {summary['peaks_dropped_not_top']} not among the {thresholds['n_top_peaks']} most often open, "
+               f"then {summary['cells_dropped_no_top_peak']} cells with none of those"
+               if thresholds.get("n_top_peaks") and summary.get("peaks_dropped_not_top") else "") + ")")
 
 
 TFIDF_BLOCK_NNZ = 1 << 21  # non-zeros per block of tfidf's temporaries

@@ -59,3 +59,75 @@ def simulate_atac(
     barcodes = [f"cell_{i:06d}" for i in range(n_cells)]
     peaks = [f"chr{1 + (i % 22)}:{10000 + 1000 * (i // 22)}-{10500 + 1000 * (i // 22)}" for i in range(n_peaks)]
     return X, labels, barcodes, peaks
+
+
+def simulate_fragments(path, X, barcodes, peaks, straddle_fraction: float = 0.1, background_per_cell: float = 2.0,
+                       n_empty_barcodes: int = 0, seed: int = 0, chunk_cells: int = 20000):
+    """Write a Cell Ranger ATAC fragments.tsv.gz whose counting is known exactly, from counts X (cells x peaks).
+
+    Each count of X becomes one fragment with both ends inside its peak; a `straddle_fraction` of them become
+    fragments with one end inside the peak and the other past its end (in the gap before the next peak); each cell
+    also gets Poisson(`background_per_cell`) fragments between peaks, and `n_empty_barcodes` barcodes a few such
+    fragments only (not cells). Peaks are the simulator's chrN:start-end, 500 bases apart. Lines are sorted by
+    chrom and start, after '#' header lines, with a duplicate count in the fifth column, as Cell Ranger writes them.
+
+    Returns the expected counts per strategy: {"paired-insertion", "insertion", "fragment"} -> CSR cells x peaks.
+    """
+    import gzip
+
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    X = sp.csr_matrix(X)
+    chrom = np.array([p.split(":")[0] for p in peaks])
+    start = np.array([int(p.split(":")[1].split("-")[0]) for p in peaks])
+    end = np.array([int(p.split("-")[1]) for p in peaks])
+    gap = 500  # between the simulator's peaks
+    inside_all = []
+    straddles = sp.csr_matrix(X.shape, dtype=np.float32)
+    frames = []
+    for first in range(0, X.shape[0], chunk_cells):
+        block = X[first:first + chunk_cells].tocoo()
+        cells = np.repeat(block.row + first, block.data.astype(np.int64))
+        peak = np.repeat(block.col, block.data.astype(np.int64))
+        straddle = rng.random(len(peak)) < straddle_fraction
+        width = end[peak] - start[peak]
+        length = rng.integers(50, 300, size=len(peak))
+        frag_start = start[peak] + (rng.random(len(peak)) * (width - length)).astype(np.int64)
+        frag_end = frag_start + length
+        # one end inside the peak's last 100 bases, the other in the gap after it
+        frag_start[straddle] = end[peak[straddle]] - rng.integers(1, 100, size=straddle.sum())
+        frag_end[straddle] = end[peak[straddle]] + rng.integers(1, gap - 50, size=straddle.sum())
+        n_background = rng.poisson(background_per_cell, size=block.shape[0])
+        bg_cells = np.repeat(np.arange(block.shape[0]) + first, n_background)
+        bg_peak = rng.integers(0, len(peaks), size=len(bg_cells))
+        bg_start = end[bg_peak] + rng.integers(10, 200, size=len(bg_cells))
+        bg_end = bg_start + rng.integers(50, 250, size=len(bg_cells))
+        frames.append(pd.DataFrame({"chrom": np.concatenate([chrom[peak], chrom[bg_peak]]),
+                                    "start": np.concatenate([frag_start, bg_start]),
+                                    "end": np.concatenate([frag_end, bg_end]),
+                                    "cell": np.concatenate([cells, bg_cells])}))
+        inside_all.append((cells[straddle], peak[straddle]))
+    for cells, peak in inside_all:
+        straddles = straddles + sp.csr_matrix((np.ones(len(cells), np.float32), (cells, peak)), shape=X.shape)
+    names = np.array(list(barcodes) + [f"empty_{i:05d}" for i in range(n_empty_barcodes)])
+    if n_empty_barcodes:
+        few = rng.integers(1, 5, size=n_empty_barcodes)  # empty droplets: a handful of fragments
+        empty_cells = np.repeat(np.arange(n_empty_barcodes) + X.shape[0], few)
+        empty_peak = rng.integers(0, len(peaks), size=len(empty_cells))
+        empty_start = end[empty_peak] + rng.integers(10, 200, size=len(empty_cells))
+        frames.append(pd.DataFrame({"chrom": chrom[empty_peak], "start": empty_start,
+                                    "end": empty_start + rng.integers(50, 250, size=len(empty_cells)),
+                                    "cell": empty_cells}))
+    table = pd.concat(frames, ignore_index=True)
+    table["chrom_order"] = table["chrom"].str[3:].astype(int)
+    table = table.sort_values(["chrom_order", "start", "end"], kind="stable")
+    table["barcode"] = names[table["cell"].to_numpy()]
+    table["count"] = rng.integers(1, 4, size=len(table))
+    with gzip.open(path, "wt", compresslevel=1) as handle:
+        handle.write("# id=simulated\n# description=scatac.simulate.simulate_fragments\n")
+        table[["chrom", "start", "end", "barcode", "count"]].to_csv(handle, sep="\t", header=False, index=False)
+    inside = (X - straddles).tocsr()  # fragments with both ends in their peak
+    inside.eliminate_zeros()
+    return {"paired-insertion": (inside + straddles).tocsr(), "insertion": (2 * inside + straddles).tocsr(),
+            "fragment": (inside + straddles).tocsr()}

@@ -2,7 +2,8 @@
 writing the 10x layout back.
 
 Layouts: a 10x/SCALE folder (matrix.mtx[.gz] + peaks + barcodes), a path to the .mtx itself, Cell
-Ranger's .h5, an AnnData .h5ad, a dense peaks x cells table (.txt/.tsv/.csv, plain or compressed).
+Ranger's .h5 (a Multiome file's Peaks only), an AnnData .h5ad or a MuData .h5mu modality, a dense peaks x cells
+table (.txt/.tsv/.csv, plain or compressed).
 Every file is checked before the AnnData is built, so a broken input is one InputError naming it, early:
 text.py reads text as users have it, matrices.py each layout, labels.py the labels.
 """
@@ -15,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import warn
+from ..errors import info, warn
 from ..files import atomic_path, write_text
 from .labels import read_labels
 from .matrices import Matrix, peek_shape, read_matrix
@@ -43,16 +44,56 @@ def make_unique(names: Sequence[str]) -> tuple[list, int]:
     return out, n_changed
 
 
-def read(path, labels=None, label_key: str | None = None):
+# obs columns where scanpy (calculate_qc_metrics; older versions n_counts) and Signac (converted to .h5ad) keep each
+# cell's total count. A 0/1 X whose cells sum to clearly less than those totals was binarized after they were taken.
+TOTAL_COUNT_COLUMNS = ("total_counts", "n_counts", "nCount_peaks", "nCount_ATAC")
+
+
+def _counts_note(matrix: Matrix, path) -> tuple:
+    """A warning when the matrix read does not look like counts (a normalized X, as muon and Signac leave it):
+    non-integer values, or only 0/1 where the obs column of each cell's total count says there were more."""
+    data = matrix.X.data
+    counts_layer = next((name for name in ("counts", "raw_counts", "raw") if name in matrix.layers), None)
+    where = f"layer {matrix.layer!r}" if matrix.layer else "X"
+    advice = (f"read its counts with --layer {counts_layer} (layer= in the API)" if counts_layer and counts_layer != matrix.layer
+              else "pass the raw counts")
+    if data.size == 0:
+        return ()
+    if not np.array_equal(data, np.round(data)):
+        return (f"warning: {path}: {where} holds non-integer values (e.g. {data[data != np.round(data)][0]:.4g}): it "
+                f"looks normalized, not counts; {advice}",)
+    column = next((c for c in TOTAL_COUNT_COLUMNS if matrix.obs is not None and c in matrix.obs), None)
+    if data.max() != 1 or column is None or not np.issubdtype(matrix.obs[column].dtype, np.number):
+        return ()
+    totals = matrix.obs[column].to_numpy(dtype=np.float64)
+    sums = np.asarray(matrix.X.sum(axis=1)).ravel()
+    # counts in real scATAC-seq hold 2s and more (22-44% of the total on ../shared/data): a 0/1 X missing more than
+    # 5% of the cell's total in most cells is binarized counts, not the counts
+    if np.median((totals - sums) / np.maximum(totals, 1)) <= 0.05:
+        return ()
+    return (f"warning: {path}: {where} holds only 0/1 where obs[{column!r}] counts more per cell (median "
+            f"{np.median(totals):,.0f} against {np.median(sums):,.0f}): it looks binarized, not counts; {advice}",)
+
+
+def read(path, labels=None, label_key: str | None = None, layer: str | None = None, modality: str | None = None,
+         use_selected: bool = False, peaks=None, tile_size: int | None = None, barcodes=None, min_fragments: int = 200,
+         counting: str = "paired-insertion", verbose: bool = True):
     """Read a peak-by-cell count matrix (any supported layout) into an AnnData, as scanpy's readers do.
 
     X: (n_cells, n_peaks) CSR float32 counts, canonical (sorted, no duplicates, no stored zeros).
     obs_names are the barcodes (made unique with a warning, as anndata's obs_names_make_unique);
     var_names the peaks; an .h5ad keeps its own obs and var columns. With `labels` (a file) or
     `label_key` (an obs column of an .h5ad), `obs["label"]` holds each cell's label.
-    `uns["scatac"]["source"]` records the path, which later messages name.
+    An AnnData (.h5ad) or MuData (.h5mu, the `modality` default "atac") gives `adata.layers[layer]` instead of X
+    when `layer` is set, and only its `var["selected"]` peaks with `use_selected` (SnapATAC2's select_features).
+    A fragment file (fragments.tsv.gz) is counted in the `peaks` of a BED file or in bins of `tile_size` bases,
+    for the `barcodes` of a file or those with >= `min_fragments` fragments, by `counting` (scatac.io.fragments).
+    `uns["scatac"]["source"]` records the path, which later messages name; `uns["scatac"]["read_notes"]` what
+    the reader set aside (a Multiome file's Gene Expression features), printed unless `verbose` is False.
     """
-    matrix = read_matrix(path)
+    matrix = read_matrix(path, layer=layer, modality=modality, use_selected=use_selected, peaks=peaks,
+                         tile_size=tile_size, barcodes=barcodes, min_fragments=min_fragments, counting=counting)
+    matrix = matrix._replace(notes=(*matrix.notes, *_counts_note(matrix, path)))
     label_values = read_labels(matrix.barcodes, labels, matrix.obs, label_key, source=path)
     barcodes = matrix.barcodes
     if len(set(barcodes)) != len(barcodes):
@@ -68,7 +109,10 @@ def read(path, labels=None, label_key: str | None = None):
     if label_values is not None:
         obs["label"] = pd.Categorical(np.asarray(label_values).astype(str))
     adata = anndata.AnnData(X=matrix.X, obs=obs, var=var)
-    adata.uns["scatac"] = {"source": str(path)}
+    adata.uns["scatac"] = {"source": str(path), "read_notes": list(matrix.notes)}
+    if verbose:
+        for note in matrix.notes:
+            info(note)
     return adata
 
 

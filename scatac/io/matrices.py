@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputError, fail
-from .text import (COMPRESSED_SUFFIXES, READ_ERRORS, first_existing, open_binary, read_first_column, read_lines, read_problem,
+from .text import (COMPRESSED_SUFFIXES, READ_ERRORS, first_existing, open_binary, read_features, read_lines, read_problem,
                    without_compression)
 
 # a folder's files, each plain or compressed: Cell Ranger ATAC's, SCALE's (data.mtx + cell_id.txt, and count.mtx +
@@ -35,6 +35,27 @@ class Matrix(NamedTuple):
     peaks: list
     obs: object = None
     var: object = None
+    notes: tuple = ()  # what the reader set aside, for the run's log
+    layers: tuple = ()  # an AnnData's layer names, and the one read (None: X)
+    layer: str | None = None
+
+
+def only_peaks(matrix: Matrix, types, source: Path) -> Matrix:
+    """Keep the "Peaks" features of a 10x matrix that holds others too (a Multiome file also holds Gene Expression):
+    training on genes and peaks together as "peaks" would be a silent wrong result."""
+    if types is None:
+        return matrix
+    types = np.asarray(types, dtype=object)
+    keep = types == "Peaks"
+    if keep.all():
+        return matrix
+    kinds, counts = np.unique(types[~keep], return_counts=True)
+    aside = ", ".join(f"{n:,} {kind}" for kind, n in zip(kinds, counts))
+    if not keep.any():
+        fail(source, f"has no 'Peaks' features (it holds {aside} features): not a chromatin accessibility matrix")
+    peaks = [name for name, k in zip(matrix.peaks, keep) if k]
+    note = f"{source}: set aside {aside} features, kept the {int(keep.sum()):,} Peaks"
+    return matrix._replace(X=matrix.X[:, np.flatnonzero(keep)].tocsr(), peaks=peaks, notes=(*matrix.notes, note))
 
 
 def _check_values(path, X: sp.csr_matrix):
@@ -132,14 +153,14 @@ def _is_mtx(name: str) -> bool:
 def _load_10x_folder(path: Path) -> Matrix:
     """A 10x/SCALE folder, or a Matrix Market file (peaks x cells) with its peaks and barcodes beside it."""
     mtx, peaks_file, barcodes_file = _folder_files(path)
-    peaks = read_first_column(peaks_file)
+    peaks, types = read_features(peaks_file)
     barcodes = [line.split("\t")[0] for line in read_lines(barcodes_file)]
     rows, cols, _ = mtx_header(mtx)
     if len(peaks) != rows:
         fail(peaks_file, f"has {len(peaks)} peaks but {mtx.name} has {rows} rows")
     if len(barcodes) != cols:
         fail(barcodes_file, f"has {len(barcodes)} barcodes but {mtx.name} has {cols} columns")
-    return _named(_read_mtx(mtx, (rows, cols)), barcodes, peaks, mtx, peaks_file, barcodes_file)
+    return only_peaks(_named(_read_mtx(mtx, (rows, cols)), barcodes, peaks, mtx, peaks_file, barcodes_file), types, mtx)
 
 
 def _h5_strings(values) -> list:
@@ -161,8 +182,9 @@ def _load_10x_h5(path: Path) -> Matrix:
             if "features" in group:
                 features = group["features"]
                 peaks = _h5_strings(features["id"] if "id" in features else features["name"])
+                types = _h5_strings(features["feature_type"]) if "feature_type" in features else None
             else:  # Cell Ranger ATAC 1.x kept peaks under "genes"
-                peaks = _h5_strings(group["genes"])
+                peaks, types = _h5_strings(group["genes"]), None
             if len(barcodes) != n_cells:
                 fail(path, f"has {len(barcodes)} barcodes but its matrix has {n_cells} cells")
             if len(peaks) != n_peaks:
@@ -182,26 +204,70 @@ def _load_10x_h5(path: Path) -> Matrix:
         X.check_format(full_check=True)
     except ValueError as exc:
         fail(path, f"corrupt sparse matrix ({exc})")
-    return _named(X, barcodes, peaks, path)
+    return only_peaks(_named(X, barcodes, peaks, path), types, path)
 
 
-def _load_h5ad(path: Path) -> Matrix:
-    import anndata
+def _h5_filters():
+    """Register the HDF5 compression filters that h5py lacks (Blosc, which SnapATAC2 writes with, LZ4, Zstd, ...)."""
+    import importlib
 
     try:
-        adata = anndata.read_h5ad(path)
-    except Exception as exc:  # anndata raises many kinds for a broken file
-        fail(path, f"not a readable AnnData file ({exc.__class__.__name__}: {exc})")
-    X = adata.X
+        importlib.import_module("hdf5plugin")  # registers them on import
+    except ImportError:  # then a Blosc file fails with HDF5's own message, named below
+        pass
+
+
+def _anndata_of(path: Path, modality: str | None):
+    """The AnnData in an .h5ad, or one modality of a MuData .h5mu (its /mod/<modality> group, as muon writes it)."""
+    import anndata
+    import h5py
+
+    _h5_filters()
+    if not path.name.lower().endswith(".h5mu"):
+        if modality is not None:
+            fail(path, "--modality applies to .h5mu files (MuData); this is an .h5ad")
+        return anndata.read_h5ad(path)
+    with h5py.File(path, "r") as handle:
+        if "mod" not in handle:
+            fail(path, "is not a MuData file: it has no 'mod' group")
+        modalities = list(handle["mod"].keys())
+        modality = modality or "atac"
+        if modality not in modalities:
+            fail(path, f"has no modality {modality!r} (it has: {', '.join(modalities) or 'none'}); choose one with --modality")
+        return anndata.io.read_elem(handle["mod"][modality])
+
+
+def _load_h5ad(path: Path, layer: str | None = None, modality: str | None = None, use_selected: bool = False) -> Matrix:
+    try:
+        adata = _anndata_of(path, modality)
+    except InputError:
+        raise
+    except Exception as exc:  # anndata and HDF5 raise many kinds for a broken file
+        fail(path, f"not a readable AnnData file ({exc.__class__.__name__}: {exc})".replace("\n", " "))
+    if layer is not None:
+        if layer not in adata.layers:
+            fail(path, f"has no layer {layer!r} (layers: {', '.join(adata.layers) or 'none'})")
+        X = adata.layers[layer]
+    else:
+        X = adata.X
     if X is None:
         fail(path, "AnnData file has no X matrix")
+    if use_selected:
+        if "selected" not in adata.var:
+            fail(path, "var has no 'selected' column (--use-selected reads SnapATAC2's select_features result)")
+        selected = np.asarray(adata.var["selected"], dtype=bool)
+        if not selected.any():
+            fail(path, "var['selected'] selects no peak")
+        X, adata = X[:, np.flatnonzero(selected)], adata[:, selected]
     if sp.issparse(X):
         X = sp.csr_matrix(X, dtype=np.float32)
     else:
         # A dense X is already in memory; keep only its non-zeros.
         X = sp.csr_matrix(np.asarray(X, dtype=np.float32))
     _check_values(path, X)
-    return Matrix(X, [str(v) for v in adata.obs_names], [str(v) for v in adata.var_names], obs=adata.obs, var=adata.var)
+    notes = () if use_selected is False else (f"{path}: kept the {X.shape[1]:,} peaks of var['selected']",)
+    return Matrix(X, [str(v) for v in adata.obs_names], [str(v) for v in adata.var_names], obs=adata.obs.copy(),
+                  var=adata.var.copy(), notes=notes, layers=tuple(adata.layers), layer=layer)
 
 
 def _load_dense_table(path: Path, chunk_rows: int = 2000) -> Matrix:
@@ -242,25 +308,47 @@ def _is_table(name: str) -> bool:
     return without_compression(name).endswith(TABLE_SUFFIXES)
 
 
-def read_matrix(path) -> Matrix:
-    """The counts at `path` in any supported layout, detected from the path; X canonical CSR cells x peaks."""
+def read_matrix(path, layer: str | None = None, modality: str | None = None, use_selected: bool = False,
+                peaks=None, tile_size: int | None = None, barcodes=None, min_fragments: int = 200,
+                counting: str = "paired-insertion") -> Matrix:
+    """The counts at `path` in any supported layout, detected from the path; X canonical CSR cells x peaks.
+    `layer`, `modality` and `use_selected` apply to AnnData (.h5ad) and MuData (.h5mu) files; `peaks` or
+    `tile_size`, `barcodes`, `min_fragments` and `counting` to fragment files (see scatac.io.fragments)."""
+    from .fragments import count_fragments, is_fragment_file
+
     path = Path(path)
     if not path.exists():
         fail(path, "no such file or folder")
     name = path.name.lower()
-    if path.is_dir():
+    is_anndata = name.endswith((".h5ad", ".h5mu"))
+    # a fragment file by its name (fragments.tsv.gz, atac_fragments.tsv.gz), or any text table given peaks to count in
+    is_fragments = path.is_file() and (is_fragment_file(path) or (
+        (peaks is not None or tile_size is not None) and without_compression(name).endswith((".tsv", ".txt", ".bed"))))
+    for given, flag, applies in ((layer, "--layer", is_anndata), (modality, "--modality", is_anndata),
+                                 (use_selected or None, "--use-selected", is_anndata),
+                                 (barcodes, "--barcodes", is_fragments), (peaks, "--peaks", is_fragments),
+                                 (tile_size, "--tile-size", is_fragments)):
+        if given is not None and not applies:
+            fail(path, f"{flag} applies to " + ("AnnData .h5ad and MuData .h5mu files" if flag in ("--layer", "--modality", "--use-selected")
+                                               else "fragment files (chrom, start, end, barcode, count)"))
+    if is_fragments:
+        X, cells, features, notes = count_fragments(path, peaks, tile_size, barcodes, min_fragments, counting)
+        matrix = Matrix(X, cells, features, notes=notes)
+        _check_values(path, X)
+    elif path.is_dir():
         matrix = _load_10x_folder(path)
-    elif name.endswith(".h5ad"):
-        matrix = _load_h5ad(path)
+    elif is_anndata:
+        matrix = _load_h5ad(path, layer, modality, use_selected)
     elif name.endswith((".h5", ".hdf5")):
+        _h5_filters()
         matrix = _load_10x_h5(path)
     elif _is_mtx(name):
         matrix = _load_10x_folder(path)
     elif _is_table(name):
         matrix = _load_dense_table(path)
     else:
-        fail(path, "unknown format; expected a 10x/SCALE folder, .h5, .h5ad, .mtx[.gz] or a .txt/.tsv/.csv table "
-                   "(plain, .gz, .bz2, .xz or .zip)")
+        fail(path, "unknown format; expected a 10x/SCALE folder, .h5, .h5ad, .h5mu, .mtx[.gz], a .txt/.tsv/.csv table "
+                   "(plain, .gz, .bz2, .xz or .zip) or a fragments.tsv.gz with --peaks or --tile-size")
     X = matrix.X
     X.sum_duplicates()
     X.eliminate_zeros()

@@ -61,16 +61,33 @@ def read_lines(path: Path) -> list:
         fail(path, read_problem(exc))
 
 
-def read_first_column(path: Path) -> list:
-    """Names from the first column; a BED-like file (chrom, start, end) gives chrom:start-end, as Cell Ranger and Signac name peaks."""
-    names = []
+BED_HEADER_STARTS = ("#", "track", "browser")  # UCSC BED header lines, which name no peak
+# the feature_type values Cell Ranger (ATAC, ARC, multi) writes; a third column of anything else is not a type
+TENX_FEATURE_TYPES = {"Peaks", "Gene Expression", "Antibody Capture", "CRISPR Guide Capture", "Multiplexing Capture",
+                      "Custom"}
+
+
+def read_features(path: Path) -> tuple[list, list | None]:
+    """Peak names from a peaks or features file, and each one's feature type where the file gives one.
+
+    A BED-like file (chrom, start, end) names peaks chrom:start-end, as Cell Ranger and Signac do, and its
+    header lines (#, track, browser) are skipped. A 10x features.tsv (id, name, feature_type[, chrom, start,
+    end], Cell Ranger ARC's six columns) gives ids and types ("Peaks", "Gene Expression", ...). Else the
+    first column, types None.
+    """
+    names, types = [], []
     for line in read_lines(path):
+        if line.startswith(BED_HEADER_STARTS):
+            continue
         fields = line.split("\t")
-        if len(fields) >= 3 and path.name.startswith(("peaks", "features")) and fields[1].isdigit():
+        if len(fields) >= 3 and fields[1].isdigit() and fields[2].isdigit():
             names.append(f"{fields[0]}:{fields[1]}-{fields[2]}")
         else:
             names.append(fields[0])
-    return names
+            types.append(fields[2] if len(fields) >= 3 else None)
+    if len(types) != len(names) or not set(types) <= TENX_FEATURE_TYPES:
+        return names, None
+    return names, types
 
 
 def without_compression(name: str) -> str:
