@@ -2,6 +2,7 @@
 
     python bench/quality.py [--datasets hemato600,schep600] [--methods AE,VAE,...] [--seeds 1] [--out table.tsv]
                             [--epochs AE=100,StackedAE=30:100] [--transform binary] [--hidden-dims 256 64 ...]
+                            [--n-top-peaks 5000]
 
 A thin use of compare.py: the same loading, filtering, fitting and scoring path, run over several
 data sets, with LSI (TF-IDF + truncated SVD, as Signac and ArchR do it) in the same run as the
@@ -47,6 +48,8 @@ def main(argv=None):
     parser.add_argument("--no-snapatac2", action="store_true")
     parser.add_argument("--device", default="auto", choices=params.DEVICES)
     parser.add_argument("--epochs", default="", help="per-method epochs, e.g. AE=100,VAE=150,StackedAE=30:100")
+    parser.add_argument("--n-top-peaks", type=int, default=None,
+                        help="after filtering, keep the N peaks open in the most cells (all methods, LSI included)")
     args, extra = parser.parse_known_args(argv)
 
     import scatac
@@ -69,7 +72,7 @@ def main(argv=None):
     for name in filter(None, args.datasets.split(",")):
         folder = Path(name) if Path(name).exists() else SHARED / name
         adata = scatac.read(folder, labels=folder / "labels.txt")
-        scatac.pp.filter(adata)
+        scatac.pp.filter(adata, n_top_peaks=args.n_top_peaks)
         results = compare.run_comparison(adata, names, args.latent_dim, list(range(args.seeds)), options, device=device)
         for row in compare.summarize(results, names):
             rows.append({"dataset": folder.name, **row})
