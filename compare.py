@@ -3,9 +3,11 @@
     python compare.py <data> <outdir> <latent_dim> [labels] --seeds 3
 
 The data are loaded and filtered once; every method then sees the same counts, the same latent
-size, the same K-means (same k, same restarts) and the same seeds, through the same functions a
-script or a notebook calls (scatac.tl.ae, ..., scatac.tl.nmf, scatac.tl.lsnmf), with LSI (TF-IDF +
-truncated SVD) as the reference and SnapATAC2's spectral embedding when snapatac2 is importable.
+size, the same K-means (same k, same restarts), the same Leiden (resolution bisected to the same
+number of clusters) and the same seeds, through the same functions a script or a notebook calls
+(scatac.tl.ae, ..., scatac.tl.nmf, scatac.tl.lsnmf), with references each at the latent size and at
+its tool's defaults: LSI (TF-IDF + truncated SVD) and, when snapatac2 is importable, SnapATAC2's
+spectral embedding.
 Every run's features, clusters and scores stay in memory; the tables and figures are drawn from
 them, and each method's first seed is written as that method's usual results folder.
 """
@@ -24,10 +26,17 @@ from scatac.errors import TrainingFailed, info, warn
 from scatac.tl import ae, lsi, lsnmf, nmf, sparse_ae, spectral, stacked_ae, vae
 
 FIT = {"AE": ae, "SparseAE": sparse_ae, "StackedAE": stacked_ae, "VAE": vae, "NMF": nmf, "LSNMF": lsnmf,
-       "LSI": lsi, "SnapATAC2": spectral}
+       "LSI": lsi, "LSI_Signac": lsi, "SnapATAC2": spectral, "SnapATAC2_defaults": spectral}
+# The references, each at the comparison's latent size and at its own tool's defaults, so that no method is ahead
+# only because a reference ran in a weak setting: Signac's RunSVD takes 50 components and its FindNeighbors and
+# RunUMAP use dimensions 2-30 (29 after the depth component), SnapATAC2's tl.spectral takes n_comps=30.
+OWN_SIZE = {"LSI_Signac": 29, "SnapATAC2_defaults": 30}
+LSI_REFERENCES = ("LSI", "LSI_Signac")
+SNAPATAC2_REFERENCES = ("SnapATAC2", "SnapATAC2_defaults")
 METHODS = tuple(methods.ALL)
 NEURAL = tuple(m.name for m in methods.NEURAL)
-SCORE_KEYS = ("ARI", "NMI", "F1", "silhouette")
+# K-means (same k, same restarts) and Leiden (resolution bisected to the same number of clusters) for every method
+SCORE_KEYS = ("ARI", "NMI", "F1", "silhouette", "ARI_leiden", "NMI_leiden")
 OUTPUT_FILES = ("comparison.tsv", "comparison.png", "umap_grid.png", "agreement.tsv")
 
 
@@ -59,24 +68,48 @@ def fresh(adata):
     return run
 
 
+def reference_names(snapatac2: bool = True) -> list:
+    """The reference rows every comparison adds: LSI at both settings, and SnapATAC2's when it is importable."""
+    names = list(LSI_REFERENCES)
+    if snapatac2:
+        try:
+            import snapatac2  # noqa: F401
+
+            names.extend(SNAPATAC2_REFERENCES)
+        except ImportError:
+            info("note: snapatac2 is not installed; its spectral reference is skipped (pip install snapatac2)")
+    return names
+
+
 def run_one(method: str, adata, latent_dim: int, seed: int, options: dict, n_clusters: int, n_init: int,
-            trainer=None, debug: bool = False) -> RunResult:
-    """Fit, cluster and score one method at one seed; a failure becomes that row's status, not a crash."""
+            trainer=None, debug: bool = False, resolution: float | None = None) -> RunResult:
+    """Fit, cluster (K-means, and Leiden) and score one method at one seed; a failure becomes that row's status."""
     from scatac import tl
     from scatac.measure import PeakMemory
 
     result = RunResult(method=method, seed=seed, adata=fresh(adata))
     started = time.perf_counter()
+    size = OWN_SIZE.get(method, latent_dim)
+    labels_key = "label" if "label" in adata.obs else None
     try:
         with PeakMemory() as memory:
-            extra = {"trainer": trainer} if method in NEURAL else {}
-            result.model = FIT[method](result.adata, latent_dim, seed=seed, **options.get(method, {}), **extra)
+            extra = {"trainer": trainer} if method in NEURAL else {"key_added": method} if method in OWN_SIZE else {}
+            result.model = FIT[method](result.adata, size, seed=seed, **options.get(method, {}), **extra)
         result.train_s, result.peak_mb = time.perf_counter() - started, memory.peak_mb
         features = result.adata.obsm[f"X_{method}"]
-        if features.shape != (adata.n_obs, latent_dim) or not np.all(np.isfinite(features)):
-            raise TrainingFailed(f"features of shape {features.shape}" + (" with non-finite values" if features.ndim == 2 else ""))
-        result.scores = tl.cluster(result.adata, use_rep=f"X_{method}", labels_key="label" if "label" in adata.obs else None,
-                                   n_clusters=n_clusters, seed=seed, n_init=n_init)
+        # SnapATAC2's spectral embedding may give fewer components than asked (it drops negative eigenvalues)
+        fewer_ok = method in SNAPATAC2_REFERENCES and features.ndim == 2 and 1 <= features.shape[1] <= size
+        if features.shape != (adata.n_obs, size) and not (fewer_ok and features.shape[0] == adata.n_obs):
+            raise TrainingFailed(f"features of shape {features.shape}, expected {(adata.n_obs, size)}")
+        if not np.all(np.isfinite(features)):
+            raise TrainingFailed("features with non-finite values")
+        result.scores = tl.cluster(result.adata, use_rep=f"X_{method}", labels_key=labels_key, n_clusters=n_clusters,
+                                   seed=seed, n_init=n_init)
+        leiden = tl.cluster(result.adata, use_rep=f"X_{method}", labels_key=labels_key, method="leiden",
+                            n_clusters=None if resolution else n_clusters, resolution=resolution, seed=seed,
+                            key_added="leiden")
+        result.scores.update({f"{key}_leiden": leiden[key] for key in ("ARI", "NMI", "n_clusters", "resolution")
+                              if key in leiden})
     except Exception as exc:  # a failing method (its own input error too) is its row; the comparison goes on
         reason = f"{exc.__class__.__name__}: {exc}".replace("\t", " ").replace("\n", " ")
         result.status = f"failed: {reason[:200]}"
@@ -88,7 +121,7 @@ def run_one(method: str, adata, latent_dim: int, seed: int, options: dict, n_clu
 
 
 def run_comparison(adata, names, latent_dim: int, seeds, options: dict | None = None, n_clusters=None, n_init: int = 10,
-                   device=None, progress: bool = True, debug: bool = False) -> list:
+                   device=None, progress: bool = True, debug: bool = False, resolution: float | None = None) -> list:
     """Every method at every seed on the same filtered `adata`; returns RunResults in order."""
     import sys
 
@@ -108,7 +141,7 @@ def run_comparison(adata, names, latent_dim: int, seeds, options: dict | None = 
     results = []
     for method, seed in bar:
         bar.set_postfix(method=method, seed=seed)
-        results.append(run_one(method, adata, latent_dim, seed, options, n_clusters, n_init, trainer, debug))
+        results.append(run_one(method, adata, latent_dim, seed, options, n_clusters, n_init, trainer, debug, resolution))
     return results
 
 
@@ -185,7 +218,8 @@ def build_parser():
     cli.add_data_arguments(parser, latent_help="latent size shared by every method")
     group = parser.add_argument_group("comparison")
     group.add_argument("--methods", default=",".join(METHODS),
-                       help=f"comma-separated subset of {','.join(METHODS)} (default: all); LSI is always added")
+                       help=f"comma-separated subset of {','.join(METHODS)} (default: all); the references (LSI at the "
+                            "latent size and at Signac's defaults, SnapATAC2 the same when installed) are always added")
     group.add_argument("--seeds", type=int, default=3, help="number of seeds, first-seed .. first-seed+N-1 (default 3)")
     group.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
     group.add_argument("--n-init", type=int, default=params.N_INIT.default, help="K-means restarts, the same for every method (default 10)")
@@ -203,7 +237,7 @@ def build_parser():
         default = method.options["max_iter"].default
         group.add_argument(max_iter_flag(method), type=int, default=default, help=f"{method.name} iterations (default {default})")
     groups = {}
-    params.RUN.add_arguments(parser, groups, skip=("seed",))
+    params.RUN.add_arguments(parser, groups, skip=("seed", "cluster"))  # both clusterings are scored
     groups["data"].add_argument("--transform", choices=params.TRANSFORMS, default=params.TRANSFORM.default,
                                 help="input transform of the autoencoders (default tfidf)")
     return parser
@@ -225,7 +259,8 @@ def options_from_args(args) -> dict:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    run = params.RUN.resolve({p.name: getattr(args, p.name) for p in params.RUN if p.name != "seed"}, label=lambda p: p.flag)
+    run = params.RUN.resolve({p.name: getattr(args, p.name) for p in params.RUN if p.name not in ("seed", "cluster")},
+                             label=lambda p: p.flag)
     latent_dim = params.LATENT_DIM.check(args.latent_dim, "latent_dim")
     names = methods.parse_names(args.methods, METHODS, where="--methods")
     options = options_from_args(args)
@@ -257,17 +292,11 @@ def _compare(args, run, latent_dim, names, options, seeds, first_seed, n_init, o
     adata = scatac.read(args.data, labels=args.labels, **{name: run[name] for name in params.READ.params})
     scatac.pp.filter(adata, **{name: run[name] for name in params.FILTER.params})
     params.check_latent_size(latent_dim, adata.n_obs, adata.n_vars, source=args.data)
-    names.append("LSI")
-    if not args.no_snapatac2:
-        try:
-            import snapatac2  # noqa: F401
-
-            names.append("SnapATAC2")
-        except ImportError:
-            info("note: snapatac2 is not installed; its spectral reference is skipped (pip install snapatac2)")
+    names.extend(reference_names(not args.no_snapatac2))
     runtime.set_threads(run["threads"])
     seed_list = list(range(first_seed, first_seed + seeds))
-    results = run_comparison(adata, names, latent_dim, seed_list, options, run["n_clusters"], n_init, device)
+    results = run_comparison(adata, names, latent_dim, seed_list, options, run["n_clusters"], n_init, device,
+                             resolution=run["resolution"])
     info("comparison: writing results ...")
     with files.staged_folder(outdir) as stage:
         write_outputs(stage, adata, results, names, {**vars(args), **run, "device": str(device)}, seeds)

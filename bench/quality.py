@@ -1,14 +1,15 @@
 """bench/quality.py: clustering quality of each method on the real labelled data sets.
 
-    python bench/quality.py [--datasets hemato600,schep600] [--methods AE,VAE,...] [--seeds 1] [--out table.tsv]
+    python bench/quality.py [--datasets hemato600,schep600,hemato4k] [--methods AE,VAE,...] [--seeds 1] [--out table.tsv]
                             [--epochs AE=100,StackedAE=30:100] [--transform binary] [--hidden-dims 256 64 ...]
                             [--n-top-peaks 5000]
 
 A thin use of compare.py: the same loading, filtering, fitting and scoring path, run over several
-data sets, with LSI (TF-IDF + truncated SVD, as Signac and ArchR do it) in the same run as the
-reference, and SnapATAC2's spectral embedding when snapatac2 is importable. Other --flags are
+data sets, with the references in the same run: LSI (TF-IDF + truncated SVD, as Signac and ArchR do it)
+at the latent size and at Signac's defaults, and SnapATAC2's spectral embedding the same two ways when
+snapatac2 is importable. Every method is scored with K-means and with Leiden. Other --flags are
 options of the autoencoders, given to each one that declares them. Prints one table (method,
-dataset, ARI, NMI, F1, silhouette, seconds) and writes it with --out.
+dataset, ARI with K-means and with Leiden, NMI, F1, silhouette, seconds) and writes it with --out.
 """
 import argparse
 import sys
@@ -39,13 +40,14 @@ def epochs_options(text: str) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", default="hemato600,schep600",
+    parser.add_argument("--datasets", default="hemato600,schep600,hemato4k",
                         help="comma-separated names under ../shared/data, or paths to labelled folders (labels.txt inside)")
     parser.add_argument("--methods", default="AE", help=f"comma-separated subset of {','.join(compare.METHODS)} (LSI always added)")
     parser.add_argument("--latent-dim", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--out", default=None, help="also write the table here (tab-separated)")
     parser.add_argument("--no-snapatac2", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", choices=params.DEVICES)
     parser.add_argument("--epochs", default="", help="per-method epochs, e.g. AE=100,VAE=150,StackedAE=30:100")
     parser.add_argument("--n-top-peaks", type=int, default=None,
@@ -55,14 +57,8 @@ def main(argv=None):
     import scatac
     from scatac import runtime
 
-    names = methods.parse_names(args.methods, compare.METHODS, where="--methods") + ["LSI"]
-    if not args.no_snapatac2:
-        try:
-            import snapatac2  # noqa: F401
-
-            names.append("SnapATAC2")
-        except ImportError:
-            pass
+    names = methods.parse_names(args.methods, compare.METHODS, where="--methods") + compare.reference_names(
+        not args.no_snapatac2)
     options = epochs_options(args.epochs)
     for method in methods.NEURAL:
         options.setdefault(method.name, {}).update(cli.option_overrides(method, extra))
@@ -73,10 +69,12 @@ def main(argv=None):
         folder = Path(name) if Path(name).exists() else SHARED / name
         adata = scatac.read(folder, labels=folder / "labels.txt")
         scatac.pp.filter(adata, n_top_peaks=args.n_top_peaks)
-        results = compare.run_comparison(adata, names, args.latent_dim, list(range(args.seeds)), options, device=device)
+        results = compare.run_comparison(adata, names, args.latent_dim, list(range(args.seeds)), options, device=device,
+                                         progress=not args.quiet)
         for row in compare.summarize(results, names):
             rows.append({"dataset": folder.name, **row})
-    columns = ["method", "dataset", "ARI_mean", "NMI_mean", "F1_mean", "silhouette_mean", "ARI_std", "train_s", "status"]
+    columns = ["method", "dataset", "ARI_mean", "ARI_std", "ARI_leiden_mean", "ARI_leiden_std", "NMI_mean", "F1_mean",
+               "silhouette_mean", "train_s", "status"]
     print(compare.render_table(rows, columns))
     if args.out:
         files.write_table(args.out, columns, [[compare.format_cell(r[c]) for c in columns] for r in rows])

@@ -5,7 +5,7 @@ write_results fills a results folder (a script's <outdir>, compare.py's and the 
 
     feature.txt              barcode + the features, tab-separated (SCALE's name and shape)
     cluster_assignments.txt  barcode, cluster, label
-    scores.tsv               ARI, NMI, F1, accuracy, silhouette, n_clusters, n_cells
+    scores.tsv               ARI, NMI, F1, accuracy, silhouette, n_clusters, n_cells (and Leiden's resolution)
     confusion_matrix.tsv     labels x clusters (with labels)
     umap.txt                 barcode, UMAP1, UMAP2 (when the UMAP was computed)
     loss.tsv                 loss per epoch and its terms (autoencoders)
@@ -203,6 +203,10 @@ def write_results(folder, adata, key: str, *, cluster_key: str = "cluster", umap
     return seconds
 
 
+def _clustering_name(clustering: dict) -> str:
+    return "Leiden" if clustering.get("params", {}).get("method") == "leiden" else "K-means"
+
+
 def write_figures(folder, adata, key: str, *, cluster_key: str = "cluster", umap_key: str = "X_umap",
                   labels_key: str | None = None):
     """umap.png (coloured by label, else by cluster), confusion_matrix.png (with labels), loss.png (autoencoders)."""
@@ -210,11 +214,11 @@ def write_figures(folder, adata, key: str, *, cluster_key: str = "cluster", umap
     clustering = adata.uns[cluster_key]
     if umap_key in adata.obsm:
         source = Path(adata.uns.get("scatac", {}).get("source", "data")).name
-        coloured = "label" if labels_key is not None else "K-means cluster"
+        coloured = "label" if labels_key is not None else f"{_clustering_name(clustering)} cluster"
         save_figure(pl.umap(adata, color=labels_key or cluster_key, basis=umap_key,
                             title=f"{key} on {source}: coloured by {coloured}"), folder / "umap.png")
     if "confusion" in clustering:
-        save_figure(pl.confusion(adata, cluster_key, title=f"{key}: labels vs K-means clusters "
+        save_figure(pl.confusion(adata, cluster_key, title=f"{key}: labels vs {_clustering_name(clustering)} clusters "
                                                            f"(ARI {clustering['scores']['ARI']:.2f})"),
                     folder / "confusion_matrix.png")
     if "loss" in adata.uns[key]:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from .errors import fail
 from .factorization import LSNMF_OPTIONS, NMF_OPTIONS
-from .params import (BATCH_SIZE, DECODER, DROPOUT, EPOCHS, HIDDEN_DIMS, INPUT_DROPOUT, LR, NEGATIVES, TRANSFORM,
-                     WEIGHT_DECAY, Options, Param)
+from .params import (BATCH_SIZE, DECODER, DROPOUT, EARLY_STOPPING, EPOCHS, HIDDEN_DIMS, INPUT_DROPOUT, LR, NEGATIVES,
+                     PATIENCE, TRANSFORM, VALIDATION_FRACTION, WEIGHT_DECAY, Options, Param)
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def _network(hidden_dims, input_dropout, input_dropout_help=None, hidden_help=No
     )
 
 
-TRAINING = Options(BATCH_SIZE, LR, DECODER, NEGATIVES, TRANSFORM)
+TRAINING = Options(BATCH_SIZE, LR, DECODER, NEGATIVES, TRANSFORM, EARLY_STOPPING, PATIENCE, VALIDATION_FRACTION)
 
 AE = Method(
     "AE", "Plain autoencoder: features of scATAC-seq cells, UMAP, K-means clusters and scores.",

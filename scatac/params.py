@@ -218,8 +218,16 @@ TRANSFORM = Param("transform", str, "tfidf", choices=TRANSFORMS, group="data",
 FACTORIZATION_TRANSFORM = TRANSFORM.but(choices=FACTORIZATION_TRANSFORMS,
                                         help="input of the factorization: counts as they are, or a transform")
 
-N_CLUSTERS = Param("n_clusters", int, None, "K for K-means (default: number of label types, else 8)",
+N_CLUSTERS = Param("n_clusters", int, None, "clusters to find: K of K-means, or the count Leiden's resolution is "
+                                            "bisected to (default: the number of label types; without labels K-means "
+                                            "takes 8 and Leiden its --resolution)",
                    low=1, none_ok=True, group="clustering and run")
+CLUSTER = Param("cluster", str, "kmeans", "kmeans (default) or leiden: Leiden on the cells' 15-nearest-neighbour graph "
+                                         "(scanpy's neighbors and leiden)", choices=("kmeans", "leiden"),
+                group="clustering and run")
+RESOLUTION = Param("resolution", float, None, "Leiden's resolution (default: bisected to --n-clusters or the number "
+                                              "of label types; without either 1.0, scanpy's default)",
+                   low=0, low_open=True, none_ok=True, group="clustering and run")
 SEED = Param("seed", int, 0, "random seed; the same seed on CPU gives the same feature.txt (default 0)",
              low=0, group="clustering and run")
 DEVICE = Param("device", str, "auto", "default: cuda, then mps, then cpu", choices=DEVICES, group="clustering and run")
@@ -246,8 +254,18 @@ DECODER = Param("decoder", str, "auto", "full: every peak's logit in every step;
 NEGATIVES = Param("negatives", str, "2x", "peaks drawn per batch for the sampled decoder: a count (2000) or a ratio to "
                                          "a cell's mean open peaks (default 2x)", pattern=r"[1-9][0-9]*|[0-9]*\.?[0-9]+x",
                   pattern_help="a count like '2000' or a ratio like '4x'", group="training")
+EARLY_STOPPING = Param("early_stopping", bool, False, "hold out --validation-fraction of the cells and stop when their "
+                                                     "loss has not improved for --patience epochs (the epochs become "
+                                                     "a maximum); the held-out cells still get features",
+                       group="training")
+PATIENCE = Param("patience", int, 10, "epochs without improvement of the held-out loss before --early-stopping stops "
+                                      "(default 10)", low=1, group="training")
+VALIDATION_FRACTION = Param("validation_fraction", float, 0.1, "cells held out from training for --early-stopping "
+                                                               "(default 0.1; the loss is taken on at most 2,048 of "
+                                                               "them)", low=0, low_open=True, high=0.5,
+                            group="training")
 
 # What every run of a method script takes besides the method's own options: the data and the run.
 FILTER = Options(MIN_CELLS_PER_PEAK, MAX_CELLS_PER_PEAK, MIN_PEAKS_PER_CELL, N_TOP_PEAKS)
 READ = Options(LABEL_KEY, LAYER, MODALITY, USE_SELECTED, PEAKS, TILE_SIZE, BARCODES, MIN_FRAGMENTS, COUNTING)
-RUN = READ + FILTER + Options(N_CLUSTERS, SEED, DEVICE, NO_UMAP, THREADS)
+RUN = READ + FILTER + Options(N_CLUSTERS, CLUSTER, RESOLUTION, SEED, DEVICE, NO_UMAP, THREADS)

@@ -109,6 +109,8 @@ def comparison(rows: list, labelled: bool, title: str):
     """Each method's scores side by side, mean with sd error bars (compare.summarize's rows)."""
     plt = _pyplot()
     metrics = ["ARI", "NMI", "F1", "silhouette"] if labelled else ["silhouette"]
+    if labelled and any("ARI_leiden_mean" in r for r in rows):
+        metrics.insert(1, "ARI_leiden")
     names = [r["method"] for r in rows]
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(names) * len(metrics) / 2.5, 4))
     width = 0.8 / len(metrics)

@@ -24,7 +24,7 @@ from . import methods
 from .errors import fail
 from .evaluate import evaluate, umap_coordinates
 from .factorization import check_rank, fit_lsnmf, fit_nmf, lsi as lsi_features
-from .params import DEVICE, LATENT_DIM, N_CLUSTERS, N_INIT, SEED, check_latent_size
+from .params import CLUSTER, DEVICE, LATENT_DIM, N_CLUSTERS, N_INIT, RESOLUTION, SEED, check_latent_size
 
 
 def _documented(method: methods.Method):
@@ -86,13 +86,17 @@ def _fit_neural(method: methods.Method, fit, adata, latent_dim, layer, seed, dev
     data = TrainData.from_counts(counts, options["transform"])
     transform_s = time.perf_counter() - started
     started = time.perf_counter()
+    first_call = len(trainer.calls)
     fitted = fit(data, latent_dim, options, trainer, seed)
+    calls = trainer.calls[first_call:]
     adata.obsm[f"X_{key_added}"] = fitted.features
     adata.uns[key_added] = _storable({
         "method": method.name,
         "params": {"latent_dim": latent_dim, "seed": seed, "layer": layer, "device": str(trainer.device), **options},
         "decoder": "sampled" if fitted.model is not None and sampled_outputs(fitted.model) else "full",
         "batch_size": trainer.calls[-1]["batch_size"] if trainer.calls else None,
+        # each training phase's epochs as run: fewer than asked where early stopping stopped it
+        "epochs_trained": {call["phase"]: call["epochs_trained"] for call in calls},
         "loss": pd.DataFrame(fitted.history),
         "seconds": {"transform_s": transform_s, "train_s": time.perf_counter() - started},
         **fitted.extra,
@@ -225,13 +229,17 @@ FIT = {"AE": ae, "SparseAE": sparse_ae, "StackedAE": stacked_ae, "VAE": vae, "NM
 
 
 def cluster(adata, use_rep: str = "X_AE", *, labels_key: str | None = None, n_clusters: int | None = None,
-            seed: int = 0, n_init: int = 10, key_added: str = "cluster"):
-    """K-means on `obsm[use_rep]` in the clustering space (features centred, cells L2-normalized), scored.
+            method: str = "kmeans", resolution: float | None = None, seed: int = 0, n_init: int = 10,
+            key_added: str = "cluster"):
+    """Clusters of `obsm[use_rep]` in the clustering space (features centred, cells L2-normalized), scored.
 
-    n_clusters None: the number of label types when `labels_key` is given, else 8. Writes
-    obs[key_added] (categorical cluster ids) and uns[key_added]: params, scores (ARI, NMI, macro F1
-    and accuracy after optimal matching, with labels; silhouette always; n_clusters, n_cells) and,
-    with labels, the confusion table (labels x clusters, clusters in matched order). Returns the scores.
+    method "kmeans": K-means, k = n_clusters, or the number of label types when `labels_key` is given, else 8.
+    method "leiden": Leiden (igraph, modularity) on the 15-nearest-neighbour graph weighted as scanpy.pp.neighbors,
+    at `resolution`, or with the resolution bisected until it gives n_clusters (or the number of label types)
+    clusters, else at resolution 1.0. Writes obs[key_added] (categorical cluster ids) and uns[key_added]: params,
+    scores (ARI, NMI, macro F1 and accuracy after optimal matching, with labels; silhouette always; n_clusters,
+    n_cells; Leiden's resolution) and, with labels, the confusion table (labels x clusters, clusters in matched
+    order). Returns the scores.
     """
     import pandas as pd
 
@@ -240,11 +248,15 @@ def cluster(adata, use_rep: str = "X_AE", *, labels_key: str | None = None, n_cl
     if labels_key is not None and labels_key not in adata.obs:
         fail("labels_key", f"adata has no obs column {labels_key!r}")
     n_clusters, seed, n_init = N_CLUSTERS.check(n_clusters), SEED.check(seed), N_INIT.check(n_init)
+    method, resolution = CLUSTER.check(method), RESOLUTION.check(resolution)
     labels = adata.obs[labels_key].astype(str).to_numpy() if labels_key is not None else None
-    clusters, scores, confusion = evaluate(np.asarray(adata.obsm[use_rep]), labels, n_clusters, seed, n_init=n_init)
+    clusters, scores, confusion = evaluate(np.asarray(adata.obsm[use_rep]), labels, n_clusters, seed, n_init=n_init,
+                                           method=method, resolution=resolution)
     adata.obs[key_added] = pd.Categorical([str(c) for c in clusters])
-    record = {"params": {"use_rep": use_rep, "labels_key": labels_key, "n_clusters": scores["n_clusters"], "seed": seed,
-                         "n_init": n_init}, "scores": scores}
+    record = {"params": {"use_rep": use_rep, "labels_key": labels_key, "method": method,
+                         "n_clusters": scores["n_clusters"], "seed": seed,
+                         **({"n_init": n_init} if method == "kmeans" else {"resolution": scores["resolution"]})},
+              "scores": scores}
     if confusion is not None:
         record["confusion"] = confusion.rename(columns=str)
     adata.uns[key_added] = _storable(record)

@@ -21,6 +21,21 @@ from .runtime import keep_freed_memory, select_device
 
 REPORT_CELLS = 128  # cells on which a sampled decoder's run reports the full loss each epoch
 REPORT_BATCH = 64  # a (64, n_peaks) block at a time
+VALIDATION_MAX_CELLS = 2048  # early stopping's loss, with every peak's logit, on at most this many held-out cells
+MIN_IMPROVEMENT = 1e-4  # relative: a held-out loss this much below the best so far counts as better
+
+
+def early_stopping(options: dict) -> dict:
+    """Trainer.train's early-stopping arguments from a method's options (none when it is off)."""
+    if not options.get("early_stopping"):
+        return {}
+    return {"patience": options["patience"], "validation_fraction": options["validation_fraction"]}
+
+
+def held_out_cells(n_cells: int, fraction: float, seed: int) -> np.ndarray:
+    """The cells early stopping keeps out of training (sorted), the same for a seed whatever the model."""
+    n_held = min(max(1, round(fraction * n_cells)), n_cells - 1)
+    return np.sort(np.random.default_rng([seed, 7]).permutation(n_cells)[:n_held])
 
 
 def auto_batch_size(n_cells: int, epochs: int, sampled: bool) -> int:
@@ -92,13 +107,21 @@ class Trainer:
 
     def train(self, model, data: TrainData, epochs: int, batch_size: int, lr: float, seed: int, *,
               loss_fn: Callable | None = None, parameters=None, phase: str = "train", weight_decay: float = 0.0,
-              epoch_callback: Callable | None = None) -> list:
+              epoch_callback: Callable | None = None, patience: int | None = None, validation_fraction: float = 0.1,
+              min_epochs: int = 0) -> list:
         """Adam over shuffled mini-batches for `epochs` passes; returns one record per epoch.
 
         `loss_fn(model, batch, epoch)` returns a dict of scalar tensors whose "loss" entry is
         minimized (the others are logged); default `model.loss(batch, epoch=epoch)`. `parameters`
         limits what is trained (default: all of the model's). A record holds phase, epoch and the
         batch-size-weighted mean of each term.
+
+        Early stopping, with `patience`: `validation_fraction` of the cells (held_out_cells) are left out of
+        training; after each epoch their loss (every peak's logit, the model in eval mode, on at most
+        VALIDATION_MAX_CELLS of them) is the record's "validation_loss", and training stops once it has not
+        improved for `patience` epochs, not before `min_epochs` (the VAE's KL warm-up, when the loss still
+        changes meaning). The weights are those of the last epoch, as Keras's and Lightning's EarlyStopping
+        leave them by default.
         """
         import torch
         import torch.profiler
@@ -118,9 +141,19 @@ class Trainer:
         # a sampled decoder's loss is an estimate: the full one is reported on a fixed sample of cells instead
         report_rows = np.sort(np.random.default_rng(seed).permutation(data.n_cells)[:REPORT_CELLS]) \
             if sampled_outputs(model) else None
+        training_rows, validation_rows = None, None
+        if patience is not None:
+            held = held_out_cells(data.n_cells, validation_fraction, seed)
+            training_rows = np.setdiff1d(np.arange(data.n_cells), held)
+            validation_rows = held[:: max(1, math.ceil(len(held) / VALIDATION_MAX_CELLS))]
+            if report_rows is not None:
+                report_rows = np.intersect1d(report_rows, training_rows)
+        n_training = data.n_cells if training_rows is None else len(training_rows)
+        best, waited = math.inf, 0
         history = []
-        call = {"phase": phase, "epochs": epochs, "batch_size": batch_size, "n_cells": data.n_cells,
-                "batches_per_epoch": math.ceil(data.n_cells / batch_size), "steady_batches": 0, "steady_seconds": 0.0}
+        call = {"phase": phase, "epochs": epochs, "batch_size": batch_size, "n_cells": n_training,
+                "batches_per_epoch": math.ceil(n_training / batch_size), "steady_batches": 0, "steady_seconds": 0.0,
+                "epochs_trained": 0}
         started = time.perf_counter()
         bar = tqdm(range(1, epochs + 1), desc=phase, unit="epoch", disable=not self.progress, file=sys.stderr,
                    leave=self.leave_progress)
@@ -129,9 +162,11 @@ class Trainer:
             model.train()
             sums, seen = {}, 0
             after_first, steady = None, 0
-            for index, rows in enumerate(iterate_batches(data.n_cells, batch_size, rng)):
+            for index, rows in enumerate(iterate_batches(n_training, batch_size, rng)):
                 if self.max_batches is not None and index >= self.max_batches:
                     break
+                if training_rows is not None:
+                    rows = training_rows[rows]
                 if index == 1:
                     after_first = time.perf_counter()
                 steady += index >= 1
@@ -158,17 +193,30 @@ class Trainer:
             if report_rows is not None:
                 record = {"phase": phase, "epoch": epoch, **self.full_loss(model, data, report_rows, loss_fn, epoch),
                           "sampled_loss": record["loss"]}
+            if validation_rows is not None:
+                model.eval()
+                record["validation_loss"] = self.full_loss(model, data, validation_rows, loss_fn, epoch)["loss"]
+                if not math.isfinite(best) or record["validation_loss"] < best - MIN_IMPROVEMENT * abs(best):
+                    best, waited = record["validation_loss"], 0
+                else:
+                    waited += 1
             history.append(record)
+            call["epochs_trained"] = epoch
             bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
             if epoch_callback is not None:
                 epoch_callback(epoch, record)
+            if validation_rows is not None and waited >= patience and epoch >= min_epochs:
+                call["stopped_early"] = True
+                break
+        bar.close()
         call["seconds"] = time.perf_counter() - started
         self.calls.append(call)
         return history
 
     def full_loss(self, model, data: TrainData, rows: np.ndarray, loss_fn: Callable, epoch: int) -> dict:
-        """The loss terms with every peak's logit, on `rows`, in training mode (as the full decoder's records),
-        without a gradient and without touching the random streams of training."""
+        """The loss terms with every peak's logit, on `rows`, in the model's current mode (training: as the full
+        decoder's records; eval: early stopping's held-out loss), without a gradient and without touching the
+        random streams of training."""
         import torch
 
         from .nn import full_decoder

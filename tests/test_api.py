@@ -85,7 +85,7 @@ def test_bad_arguments_are_input_errors_before_any_training(demo_adata, call, me
     assert not [k for k in adata.obsm if k != "X_umap"]
 
 
-HEAVY = ("torch", "anndata", "matplotlib", "umap")
+HEAVY = ("torch", "anndata", "matplotlib", "umap", "igraph")
 PROBE = """
 import runpy, sys
 sys.argv = {argv!r}

@@ -116,12 +116,12 @@ def test_notebook_on_hemato600(tmp_path):
     # checked on the demo run (umap-learn's first call compiles for ~15 s in every fresh kernel)
     rel = os.path.relpath(data, REPO)
     done = run_notebook(tmp_path, "data", rel, "outdir", outdir, "rank", 10, "labels", f"{rel}/labels.txt",
-                        "umap", False)
+                        "umap", False, "cluster", "leiden")
     assert done.returncode == 0, done.stderr[-3000:]
     for method in METHODS:
-        # LSI reaches 0.56 here and NMF/LSNMF about 0.53-0.55; K-means on random features scores about 0
+        # LSI reaches 0.50-0.56 here and NMF/LSNMF about 0.5; random features score about 0
         scores = check_method_outputs(outdir / method, method, 10, 6, min_ari=0.3, umap=False)
-        assert scores["n_cells"] == 600
+        assert scores["n_cells"] == 600 and scores["resolution"] > 0  # Leiden, bisected to the 6 types
 
 
 @pytest.mark.parametrize("params, problem", [
@@ -131,6 +131,7 @@ def test_notebook_on_hemato600(tmp_path):
     (("nmf_solver", "lbfgs"), "solver: must be one of 'mu', 'cd', got 'lbfgs'"),
     (("rank", 5000), "rank 5000 must be smaller than the number of peaks kept (2366)"),
     (("methods", "NMF,PCA"), "methods: unknown method 'PCA'; allowed: NMF, LSNMF"),
+    (("cluster", "louvain"), "cluster: must be one of 'kmeans', 'leiden', got 'louvain'"),
 ])
 def test_bad_parameters_stop_with_one_message_and_write_nothing(tmp_path, params, problem):
     outdir = tmp_path / "out"

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..batches import TrainData
 from ..nn import PeakDropout, configure_decoder, mlp, reconstruction_nll
-from ..train import Fitted, Trainer
+from ..train import Fitted, Trainer, early_stopping
 
 
 class AutoEncoder(nn.Module):
@@ -48,5 +48,5 @@ def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed:
                         options["dropout"]).to(trainer.device)
     configure_decoder(model, data, options, trainer.device)
     history = trainer.train(model, data, options["epochs"], options["batch_size"], options["lr"], seed,
-                            weight_decay=options["weight_decay"])
+                            weight_decay=options["weight_decay"], **early_stopping(options))
     return Fitted(trainer.encode(model, data), model, history)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..batches import TrainData
 from ..nn import PeakDropout, configure_decoder, mlp, reconstruction_nll
-from ..train import Fitted, Trainer
+from ..train import Fitted, Trainer, early_stopping
 
 
 def kl_sparsity(mean_activation, target: float):
@@ -68,5 +68,5 @@ def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed:
                               options["sparsity_target"], options["sparsity_weight"]).to(trainer.device)
     configure_decoder(model, data, options, trainer.device)
     history = trainer.train(model, data, options["epochs"], options["batch_size"], options["lr"], seed,
-                            weight_decay=options["weight_decay"])
+                            weight_decay=options["weight_decay"], **early_stopping(options))
     return Fitted(trainer.encode(model, data), model, history)

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..batches import TrainData
 from ..nn import PeakDropout, configure_decoder, mlp, reconstruction_nll
-from ..train import Fitted, Trainer
+from ..train import Fitted, Trainer, early_stopping
 
 
 class StackedAutoEncoder(nn.Module):
@@ -92,8 +92,9 @@ def finetune(model: StackedAutoEncoder, data: TrainData, options: dict, trainer:
     """Every layer trained together on the peaks, starting from the weights `model` holds."""
     for parameter in model.parameters():
         parameter.requires_grad_(True)
+    # early stopping watches the fine-tuning only: the layer-wise pretraining is a few epochs by design
     return trainer.train(model, data, options["finetune_epochs"], options["batch_size"], options["lr"], seed,
-                         weight_decay=options["weight_decay"], phase="finetune")
+                         weight_decay=options["weight_decay"], phase="finetune", **early_stopping(options))
 
 
 def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed: int) -> Fitted:

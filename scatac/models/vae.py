@@ -23,7 +23,7 @@ from torch import nn
 
 from ..batches import TrainData
 from ..nn import PeakDropout, configure_decoder, mlp, reconstruction_nll
-from ..train import Fitted, Trainer
+from ..train import Fitted, Trainer, early_stopping
 
 DEFAULT_COMPONENTS = 8  # mixture components when neither the caller nor the labels say how many
 
@@ -126,7 +126,9 @@ def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed:
         if options["prior"] == "gmm" and epoch == init_epoch:
             model.fit_mixture(trainer.encode(model, data), seed)
 
+    # not stopped during the KL warm-up, while the held-out loss's KL weight is still rising
     history = trainer.train(model, data, options["epochs"], options["batch_size"], options["lr"], seed,
-                            weight_decay=options["weight_decay"], epoch_callback=fit_mixture_when_warm)
+                            weight_decay=options["weight_decay"], epoch_callback=fit_mixture_when_warm,
+                            min_epochs=init_epoch, **early_stopping(options))
     return Fitted(trainer.encode(model, data), model, history,
                   extra={"prior": options["prior"], "n_components": n_components})
