@@ -38,6 +38,13 @@ def epochs_options(text: str) -> dict:
     return options
 
 
+def epochs_run(results, method) -> str:
+    """The epochs of the last training phase each seed ran (fewer than asked where early stopping stopped it)."""
+    runs = [r.adata.uns[method]["epochs_trained"] for r in results if r.method == method and r.status == "ok"
+            and "epochs_trained" in r.adata.uns.get(method, {})]
+    return ",".join(str(list(trained.values())[-1]) for trained in runs) or "-"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="hemato600,schep600,hemato4k",
@@ -72,9 +79,9 @@ def main(argv=None):
         results = compare.run_comparison(adata, names, args.latent_dim, list(range(args.seeds)), options, device=device,
                                          progress=not args.quiet)
         for row in compare.summarize(results, names):
-            rows.append({"dataset": folder.name, **row})
+            rows.append({"dataset": folder.name, **row, "epochs": epochs_run(results, row["method"])})
     columns = ["method", "dataset", "ARI_mean", "ARI_std", "ARI_leiden_mean", "ARI_leiden_std", "NMI_mean", "F1_mean",
-               "silhouette_mean", "train_s", "status"]
+               "silhouette_mean", "train_s", "epochs", "status"]
     print(compare.render_table(rows, columns))
     if args.out:
         files.write_table(args.out, columns, [[compare.format_cell(r[c]) for c in columns] for r in rows])

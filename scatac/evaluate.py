@@ -75,8 +75,10 @@ def _leiden_once(graph, resolution: float, seed: int) -> np.ndarray:
     # igraph draws from Python's random module: a generator of our own makes the partition the seed's alone
     igraph.set_random_number_generator(random.Random(seed))
     try:
+        # two iterations, scanpy.tl.leiden's default with igraph: on 100,000 simulated cells in 16 groups 1.5 s
+        # against 9.6 s for iterating until stable, at the same modularity (0.888) and the same 16 clusters
         partition = graph.community_leiden(objective_function="modularity", weights="weight", resolution=resolution,
-                                           n_iterations=-1)
+                                           n_iterations=2)
     finally:
         igraph.set_random_number_generator(random)
     return np.asarray(partition.membership)
