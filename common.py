@@ -61,9 +61,9 @@ def _run(method, settings: dict, options: dict, outdir) -> dict:
     seconds.update(adata.uns[method.name]["seconds"])
 
     started = time.perf_counter()
-    # Leiden without labels and without --n-clusters runs at its resolution rather than being bisected to 8
-    asked = n_clusters if settings["cluster"] == "kmeans" or labels_key or settings["n_clusters"] else None
-    scores = scatac.tl.cluster(adata, use_rep=f"X_{method.name}", labels_key=labels_key, n_clusters=asked,
+    # n_clusters as given: tl.cluster defaults it itself (K-means 8 without labels, Leiden its resolution)
+    scores = scatac.tl.cluster(adata, use_rep=f"X_{method.name}", labels_key=labels_key,
+                               n_clusters=settings["n_clusters"],
                                method=settings["cluster"], resolution=settings["resolution"], seed=settings["seed"])
     seconds["cluster_and_score_s"] = time.perf_counter() - started
     if not settings["no_umap"]:

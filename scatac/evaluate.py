@@ -95,19 +95,24 @@ def leiden(features: np.ndarray, n_clusters: int | None = None, seed: int = 0, r
     if resolution is not None or n_clusters is None:
         resolution = LEIDEN_RESOLUTION if resolution is None else float(resolution)
         return _leiden_once(graph, resolution, seed), resolution
-    low, high = 0.0, 3.0
     best = None
-    for _ in range(BISECTION_STEPS):
-        middle = (low + high) / 2
-        clusters = _leiden_once(graph, middle, seed)
+
+    def attempt(resolution):
+        nonlocal best
+        clusters = _leiden_once(graph, resolution, seed)
         found = len(np.unique(clusters))
         if best is None or abs(found - n_clusters) < abs(best[2] - n_clusters):
-            best = (clusters, middle, found)
-        if found == n_clusters:
+            best = (clusters, resolution, found)
+        return found
+
+    low, high = 0.0, 3.0
+    while attempt(high) < n_clusters and high < 100:  # even the top of the range gives too few: widen it
+        low, high = high, 2 * high
+    for _ in range(BISECTION_STEPS):
+        if best[2] == n_clusters:
             break
-        if found < n_clusters and middle > high * 0.99 and high < 100:  # even the top of the range gives too few
-            high *= 2
-        if found < n_clusters:
+        middle = (low + high) / 2
+        if attempt(middle) < n_clusters:
             low = middle
         else:
             high = middle

@@ -42,6 +42,14 @@ def test_the_same_seed_gives_the_same_partition(demo_lsi):
     assert resolution == again and np.array_equal(first, second)
 
 
+def test_the_resolution_range_widens_when_its_top_gives_too_few_clusters(demo_lsi):
+    features = cluster_space(demo_lsi.obsm["X_LSI"])
+    at_top, _ = leiden(features, None, seed=0, resolution=3.0)
+    wanted = 2 * len(np.unique(at_top))  # more than resolution 3 gives
+    clusters, resolution = leiden(features, wanted, seed=0)
+    assert resolution > 3.0 and abs(len(np.unique(clusters)) - wanted) <= 2
+
+
 def test_without_labels_leiden_runs_at_its_resolution(demo_lsi):
     scores = scatac.tl.cluster(demo_lsi, use_rep="X_LSI", method="leiden", key_added="leiden")
     assert scores["resolution"] == 1.0 and "ARI" not in scores

@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputError, fail
-from .text import READ_ERRORS, read_lines, read_problem, without_compression
+from .text import BED_HEADER_STARTS, READ_ERRORS, read_lines, read_problem, without_compression
 
 COUNTING = ("paired-insertion", "insertion", "fragment")
 MITOCHONDRIA = ("chrM", "M", "MT", "chrMT")  # not counted toward a barcode's fragments, as SnapATAC2's n_fragment
@@ -41,7 +41,7 @@ class Peaks:
     def __init__(self, path: Path):
         chroms, starts, ends = [], [], []
         for number, line in enumerate(read_lines(path), start=1):
-            if not line.strip() or line.startswith(("#", "track", "browser")):
+            if not line.strip() or line.startswith(BED_HEADER_STARTS):
                 continue
             fields = line.split("\t") if "\t" in line else line.split()
             if len(fields) < 3 or not fields[1].isdigit() or not fields[2].isdigit() or int(fields[2]) <= int(fields[1]):
