@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import fail
 
-TRANSFORMS = ("binary", "tfidf", "log", "maxabs")
+TRANSFORMS = ("binary", "tfidf", "idf", "log", "maxabs")
 FACTORIZATION_TRANSFORMS = ("counts",) + TRANSFORMS  # "counts": the filtered counts as they are
 DEVICES = ("auto", "cpu", "cuda", "mps")
 _NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
@@ -213,9 +213,10 @@ N_TOP_PEAKS = Param("n_top_peaks", int, None, low=1, none_ok=True, group="data",
                     help="after filtering, keep only the N peaks open in the most cells (SCALE's n_feature, SnapATAC2's "
                          "select_features; default: keep all)")
 TRANSFORM = Param("transform", str, "tfidf", choices=TRANSFORMS, group="data",
-                  help="encoder input: binary, tfidf (rows L2-normalized), log (log1p counts), maxabs (per-peak "
-                       "MaxAbsScaler, the original suite's); default tfidf")
-FACTORIZATION_TRANSFORM = TRANSFORM.but(choices=FACTORIZATION_TRANSFORMS,
+                  help="encoder input: binary, tfidf (Signac's log TF-IDF), idf (binary x log(cells / cells opening the "
+                       "peak), SnapATAC2's weighting), both with rows L2-normalized, log (log1p counts), maxabs (per-peak "
+                       "MaxAbsScaler, the original suite's)")
+FACTORIZATION_TRANSFORM = TRANSFORM.but(choices=FACTORIZATION_TRANSFORMS, default="idf",
                                         help="input of the factorization: counts as they are, or a transform")
 
 N_CLUSTERS = Param("n_clusters", int, None, "clusters to find: K of K-means, or the count Leiden's resolution is "

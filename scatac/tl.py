@@ -191,17 +191,28 @@ def lsnmf(adata, rank: int = 10, *, layer=None, seed: int = 0, key_added: str = 
     _fit_factorization(methods.LSNMF, fit_lsnmf, adata, rank, layer, seed, key_added, options)
 
 
-def lsi(adata, n_components: int = 10, *, layer=None, seed: int = 0, key_added: str = "LSI"):
-    """LSI as Signac and ArchR do it: TF-IDF, truncated SVD, the first (depth) component dropped.
+def lsi(adata, n_components: int = 10, *, layer=None, seed: int = 0, transform: str = "tfidf",
+        unit_variance: bool = True, key_added: str = "LSI"):
+    """LSI: a weighted binary matrix, truncated SVD, the first (depth) component dropped.
 
-    Writes obsm["X_LSI"] (n_cells, n_components), each component scaled to unit variance, and uns["LSI"].
+    transform "tfidf" (default): Signac's and ArchR's TF-IDF; "idf": SnapATAC2's IDF weighting with rows
+    L2-normalized (the input of NMF and LSNMF by default). Writes obsm["X_<key_added>"] (n_cells,
+    n_components), each component scaled to unit variance as Signac's RunSVD (unit_variance) or weighted by
+    its singular value, and uns[key_added].
     """
+    from .factorization import LSI_TRANSFORMS
+
     seed = SEED.check(seed)
+    if transform not in LSI_TRANSFORMS:
+        fail("transform", f"must be one of {', '.join(map(repr, LSI_TRANSFORMS))}, got {transform!r}")
     counts = counts_of(adata, layer)
     n_components = check_rank(n_components, *counts.shape, source=_source(adata))
     started = time.perf_counter()
-    adata.obsm[f"X_{key_added}"] = lsi_features(counts, n_components, seed=seed)
-    adata.uns[key_added] = _storable({"method": "LSI", "params": {"n_components": n_components, "seed": seed, "layer": layer},
+    adata.obsm[f"X_{key_added}"] = lsi_features(counts, n_components, seed=seed, transform=transform,
+                                                unit_variance=bool(unit_variance))
+    adata.uns[key_added] = _storable({"method": "LSI", "params": {"n_components": n_components, "seed": seed,
+                                                                  "transform": transform,
+                                                                  "unit_variance": bool(unit_variance), "layer": layer},
                                      "seconds": {"fit_s": time.perf_counter() - started}})
 
 

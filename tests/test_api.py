@@ -47,6 +47,10 @@ def test_every_method_writes_its_keys_and_the_result_saves(demo_adata, tmp_path)
     assert list(adata.uns["AE"]["loss"]["epoch"]) == [1, 2]
     assert scatac.tl.nmf(adata, 4) is None and scatac.tl.lsnmf(adata, 4, max_iter=5) is None
     scatac.tl.lsi(adata, 4)
+    scatac.tl.lsi(adata, 4, transform="idf", key_added="LSI_idf")
+    assert adata.uns["NMF"]["params"]["transform"] == "idf" and adata.uns["LSI_idf"]["params"]["transform"] == "idf"
+    with pytest.raises(scatac.InputError, match="transform: must be one of 'tfidf', 'idf', got 'log'"):
+        scatac.tl.lsi(adata, 4, transform="log")
     for key in ("AE", "NMF", "LSNMF", "LSI"):
         assert adata.obsm[f"X_{key}"].shape == (adata.n_obs, 4) and adata.uns[key]["method"] == key
     assert adata.varm["NMF_loadings"].shape == (adata.n_vars, 4) and adata.varm["LSNMF_loadings"].min() >= 0

@@ -185,12 +185,28 @@ def test_staged_folder_is_all_or_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["NMF"]
 
 
-def test_default_input_is_tfidf_of_the_counts(counts, small):
+def test_default_input_is_idf_of_the_counts(counts):
     X_counts, _ = counts
-    X_tfidf, _ = small
     W_default, H_default, info = factorization.fit_nmf(X_counts, 4, seed=0, max_iter=30)
-    W_given, H_given, _ = factorization.fit_nmf(X_tfidf, 4, seed=0, max_iter=30, transform="counts")
-    assert info["transform"] == "tfidf"
+    W_given, H_given, _ = factorization.fit_nmf(transform(X_counts, "idf"), 4, seed=0, max_iter=30, transform="counts")
+    assert info["transform"] == "idf"
     np.testing.assert_allclose(W_default, W_given, rtol=1e-5, atol=1e-6)
-    with pytest.raises(scatac.InputError, match="transform: must be one of 'counts', 'binary', 'tfidf', 'log', 'maxabs', got 'sqrt'"):
+    with pytest.raises(scatac.InputError, match="transform: must be one of 'counts', 'binary', 'tfidf', 'idf', 'log', 'maxabs', got 'sqrt'"):
         factorization.fit_lsnmf(X_counts, 4, transform="sqrt")
+
+
+def test_lsi_on_idf_input_is_the_svd_of_pp_idf(counts):
+    """LSI_idf, the reference on the factorizations' own input: pp.idf, SVD, the first component dropped."""
+    from sklearn.decomposition import TruncatedSVD
+
+    X_counts, labels = counts
+    features = factorization.lsi(X_counts, 4, seed=0, transform="idf")
+    scores = TruncatedSVD(5, algorithm="randomized", n_iter=7, random_state=0).fit_transform(transform(X_counts, "idf"))[:, 1:]
+    np.testing.assert_allclose(np.abs(features), np.abs(scores / scores.std(axis=0)), rtol=1e-4, atol=1e-5)
+    weighted = factorization.lsi(X_counts, 4, seed=0, transform="idf", unit_variance=False)  # U S, as compare.py's LSI_idf
+    np.testing.assert_allclose(np.abs(weighted), np.abs(scores), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(np.abs(features), np.abs(factorization.lsi(X_counts, 4, seed=0)))  # not tfidf's
+    _, scores, _ = evaluate(features, labels, None, 0)
+    assert scores["ARI"] > 0.5  # the simulated types separate
+    with pytest.raises(ValueError, match="transform: must be one of 'tfidf', 'idf', got 'binary'"):
+        factorization.lsi(X_counts, 4, transform="binary")

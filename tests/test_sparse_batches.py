@@ -72,3 +72,25 @@ def test_autoencoder_first_layer_is_sparse():
     model = AutoEncoder(n_peaks=300, latent_dim=4, hidden_dims=(32,))
     assert isinstance(model.encoder[0], PeakLinear)
     assert isinstance(model.input_dropout, PeakDropout)
+
+
+def test_idf_weights_open_peaks_by_log_inverse_frequency(counts):
+    """pp.idf: binary x log(n_cells / cells opening the peak), each row L2-normalized, computed densely here."""
+    from scatac.pp import idf
+
+    dense = (counts.toarray() > 0).astype(np.float64)
+    weighted = dense * np.log(len(dense) / np.maximum(dense.sum(0), 1))
+    expected = weighted / np.maximum(np.linalg.norm(weighted, axis=1, keepdims=True), 1e-12)
+    result = idf(counts)
+    np.testing.assert_allclose(result.toarray(), expected, rtol=1e-5, atol=1e-7)
+    assert result.dtype == np.float32
+    np.testing.assert_array_equal(result.indices, counts.indices)  # the pattern is the counts'
+
+
+def test_a_peak_open_in_every_cell_weighs_nothing_but_stays_a_target():
+    X = sp.csr_matrix(np.array([[1, 1, 0], [1, 0, 3], [2, 0, 0]], dtype=np.float32))
+    data = TrainData.from_counts(X, "idf")
+    batch = Batch(data, np.arange(3), torch.device("cpu"))
+    np.testing.assert_allclose(batch.x.to_dense().numpy()[:, 0], 0)  # open everywhere: no information
+    np.testing.assert_array_equal(batch.x.to_dense().numpy()[2], [0, 0, 0])  # its only peak: an all-zero input
+    np.testing.assert_array_equal(batch.target.numpy(), (X.toarray() > 0).astype(np.float32))
