@@ -27,7 +27,7 @@ LSNMF_DENSE_LIMIT_BYTES = 1 << 30
 MINIBATCH_NMF_ABOVE = 200000
 
 # The options of each factorization. The defaults were chosen by measurement on ../shared/data:
-# idf input beat tfidf for both methods on all three sets (3 seeds; NMF on hemato4k ARI 0.285 -> 0.446),
+# idf input beat tfidf for both methods on all three sets (3 seeds; NMF on hemato4k ARI 0.285 -> 0.445),
 # as tfidf had beaten counts and binary; NMF converges within 60-100 iterations
 # there (tol 1e-4), so 400 only guards larger data; LSNMF's original 12 iterations stop short,
 # 30 gain 0.05-0.06 ARI and 50 leave room (its own stopping rule rarely fires).
@@ -326,7 +326,8 @@ LSI_TRANSFORMS = ("tfidf", "idf")
 
 def lsi(X: sp.csr_matrix, n_components: int, seed: int = 0, drop_first: bool = True, transform: str = "tfidf",
         unit_variance: bool = True) -> np.ndarray:
-    """Latent semantic indexing: a weighted binary matrix, truncated SVD, the first (depth) component dropped.
+    """Latent semantic indexing: a weighted binary matrix, truncated SVD, the first component dropped (with
+    tfidf it follows depth; with idf's unit rows, the mean profile; dropping it scored higher on both).
 
     transform "tfidf": Signac's and ArchR's recipe, log1p(TF x IDF x 1e4) without L2 normalization;
     "idf": the binary matrix weighted by log(n_cells / cells opening the peak), rows L2-normalized
