@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
+from .errors import fail
 from .params import FACTORIZATION_TRANSFORM, LATENT_DIM, Options, Param, check_latent_size
 from .pp import idf, tfidf, transform
 
@@ -340,7 +341,7 @@ def lsi(X: sp.csr_matrix, n_components: int, seed: int = 0, drop_first: bool = T
     from sklearn.decomposition import TruncatedSVD
 
     if transform not in LSI_TRANSFORMS:
-        raise ValueError(f"transform: must be one of {', '.join(map(repr, LSI_TRANSFORMS))}, got {transform!r}")
+        fail("transform", f"must be one of {', '.join(map(repr, LSI_TRANSFORMS))}, got {transform!r}")
     T = tfidf(X, l2_normalize=False) if transform == "tfidf" else idf(X)
     k = n_components + (1 if drop_first else 0)
     k = min(k, min(T.shape) - 1)

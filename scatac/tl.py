@@ -200,11 +200,7 @@ def lsi(adata, n_components: int = 10, *, layer=None, seed: int = 0, transform: 
     n_components), each component scaled to unit variance as Signac's RunSVD (unit_variance) or weighted by
     its singular value, and uns[key_added].
     """
-    from .factorization import LSI_TRANSFORMS
-
     seed = SEED.check(seed)
-    if transform not in LSI_TRANSFORMS:
-        fail("transform", f"must be one of {', '.join(map(repr, LSI_TRANSFORMS))}, got {transform!r}")
     counts = counts_of(adata, layer)
     n_components = check_rank(n_components, *counts.shape, source=_source(adata))
     started = time.perf_counter()
