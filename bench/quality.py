@@ -1,13 +1,14 @@
 """bench/quality.py: clustering quality of each method on the real labelled data sets.
 
-    python bench/quality.py [--datasets hemato600,schep600,hemato4k] [--methods AE,VAE,...] [--seeds 1] [--out table.tsv]
+    python bench/quality.py [--datasets hemato600,schep600,hemato4k,cerebellum801] [--methods AE,VAE,...] [--seeds 1] [--out table.tsv]
                             [--epochs AE=100,StackedAE=30:100] [--transform binary] [--hidden-dims 256 64 ...]
                             [--n-top-peaks 5000]
 
 A thin use of compare.py: the same loading, filtering, fitting and scoring path, run over several
 data sets, with the references in the same run: LSI (TF-IDF + truncated SVD, as Signac and ArchR do it)
 at the latent size and at Signac's defaults, and SnapATAC2's spectral embedding the same two ways when
-snapatac2 is importable. Every method is scored with K-means and with Leiden. Other --flags are
+snapatac2 is importable. Every method is scored with K-means, with Leiden and with spectral clustering on
+Leiden's neighbour graph, and by the purity of each cell's nearest neighbours (no clustering). Other --flags are
 options of the autoencoders, given to each one that declares them. Prints one table (method,
 dataset, ARI with K-means and with Leiden, NMI, F1, silhouette, seconds) and writes it with --out.
 """
@@ -47,7 +48,7 @@ def epochs_run(results, method) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", default="hemato600,schep600,hemato4k",
+    parser.add_argument("--datasets", default="hemato600,schep600,hemato4k,cerebellum801",
                         help="comma-separated names under ../shared/data, or paths to labelled folders (labels.txt inside)")
     parser.add_argument("--methods", default="AE", help=f"comma-separated subset of {','.join(compare.METHODS)} (LSI always added)")
     parser.add_argument("--latent-dim", type=int, default=10)
@@ -80,8 +81,9 @@ def main(argv=None):
                                          progress=not args.quiet)
         for row in compare.summarize(results, names):
             rows.append({"dataset": folder.name, **row, "epochs": epochs_run(results, row["method"])})
-    columns = ["method", "dataset", "ARI_mean", "ARI_std", "ARI_leiden_mean", "ARI_leiden_std", "NMI_mean", "F1_mean",
-               "silhouette_mean", "train_s", "epochs", "status"]
+    columns = ["method", "dataset", "ARI_mean", "ARI_std", "ARI_leiden_mean", "ARI_leiden_std", "ARI_spectral_mean",
+               "ARI_spectral_std", "knn_purity_mean", "knn_purity_std", "NMI_mean", "F1_mean", "silhouette_mean",
+               "train_s", "epochs", "status"]
     print(compare.render_table(rows, columns))
     if args.out:
         files.write_table(args.out, columns, [[compare.format_cell(r[c]) for c in columns] for r in rows])

@@ -37,7 +37,7 @@ def kmeans(features: np.ndarray, n_clusters: int, seed: int, n_init: int = 10) -
     return model.fit_predict(features)
 
 
-CLUSTERINGS = ("kmeans", "leiden")
+CLUSTERINGS = ("kmeans", "leiden", "spectral")
 NEIGHBORS = 15  # scanpy.pp.neighbors' n_neighbors (the cell itself included), and UMAP's
 LEIDEN_RESOLUTION = 1.0  # scanpy.tl.leiden's default: Leiden's resolution when no number of clusters is asked for
 BISECTION_STEPS = 30
@@ -119,6 +119,50 @@ def leiden(features: np.ndarray, n_clusters: int | None = None, seed: int = 0, r
     return best[0], best[1]
 
 
+def spectral(features: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
+    """Spectral clustering on the neighbour graph of `features` (n_cells, n_features): K-means on the cells' rows of
+    the normalized graph Laplacian's leading eigenvectors (scikit-learn's SpectralClustering on the precomputed
+    graph). Returns (n_cells,) cluster ids.
+
+    The graph is Leiden's (neighbor_graph: 15 neighbours, scanpy's weights), so the clusters follow which cells
+    neighbour which, not the features' global distances; K-means in the features themselves weighs every direction
+    of them as much as the others, which splits a large type that has sub-groups before it isolates a small one
+    (README, "Measured quality": cerebellum801). A sparse eigensolver on the graph: fine at atlas sizes.
+    """
+    import scipy.sparse as sp
+    from sklearn.cluster import SpectralClustering
+
+    n_cells = features.shape[0]
+    n_clusters = max(1, min(n_clusters, n_cells - 1))
+    graph = neighbor_graph(features, seed=seed)
+    adjacency = sp.csr_matrix(graph.get_adjacency_sparse(attribute="weight"), dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "graph is not fully connected": components are what it should find
+        model = SpectralClustering(n_clusters=n_clusters, affinity="precomputed", random_state=seed, n_init=n_init,
+                                   assign_labels="kmeans")
+        return model.fit_predict(adjacency)
+
+
+def knn_purity(features: np.ndarray, labels: np.ndarray, n_neighbors: int = NEIGHBORS) -> float:
+    """The mean fraction of each cell's nearest neighbours (n_neighbors - 1 of them, the cell itself not counted)
+    that share its label, in `features` (the clustering space): how well the features keep the types apart
+    locally, whichever clustering is run on them. Chance is the sum of the squared type fractions."""
+    from sklearn.neighbors import NearestNeighbors
+
+    n_neighbors = int(min(n_neighbors, features.shape[0]))
+    if n_neighbors < 2:
+        return float("nan")
+    labels = np.asarray(labels)
+    neighbours = NearestNeighbors(n_neighbors=n_neighbors).fit(features).kneighbors(features, return_distance=False)
+    # the cell itself is its own nearest neighbour except between duplicates: drop one column per cell, itself if there
+    is_self = neighbours == np.arange(len(labels))[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), n_neighbors - 1)
+    keep = np.ones_like(neighbours, dtype=bool)
+    keep[np.arange(len(labels)), drop] = False
+    others = neighbours[keep].reshape(len(labels), n_neighbors - 1)
+    return float((labels[others] == labels[:, None]).mean())
+
+
 def matched_confusion(labels: np.ndarray, clusters: np.ndarray):
     """Confusion matrix labels x clusters, with clusters re-ordered by the optimal one-to-one matching.
 
@@ -173,13 +217,18 @@ def evaluate(latent: np.ndarray, labels, n_clusters: int | None, seed: int, n_in
 
     method "kmeans": K-means with k = n_clusters (None: the number of label types, else 8). "leiden": Leiden on the
     neighbour graph at `resolution`, or bisected to n_clusters (None: the number of label types; without labels
-    LEIDEN_RESOLUTION); scores then hold the resolution used.
+    LEIDEN_RESOLUTION); scores then hold the resolution used. "spectral": spectral clustering on the same graph with
+    k as K-means'. With labels, scores also hold knn_purity (see there), which no clustering changes.
     """
     features = cluster_space(latent)
     if method == "leiden":
         target = n_clusters if n_clusters is not None else (len(set(labels)) if labels is not None else None)
         clusters, used = leiden(features, target, seed, resolution)
         scores_extra = {"resolution": float(used)}
+    elif method == "spectral":
+        n_clusters = default_n_clusters(labels) if n_clusters is None else n_clusters
+        clusters = spectral(features, n_clusters, seed, n_init=n_init)
+        scores_extra = {}
     else:
         n_clusters = default_n_clusters(labels) if n_clusters is None else n_clusters
         clusters = kmeans(features, n_clusters, seed, n_init=n_init)
@@ -188,6 +237,8 @@ def evaluate(latent: np.ndarray, labels, n_clusters: int | None, seed: int, n_in
     scores["n_clusters"] = int(len(np.unique(clusters)))
     scores.update(scores_extra)
     scores["n_cells"] = int(latent.shape[0])
+    if labels is not None:
+        scores["knn_purity"] = knn_purity(features, labels)
     confusion = matched_confusion(labels, clusters)[0] if labels is not None else None
     return clusters, scores, confusion
 

@@ -5,7 +5,7 @@ write_results fills a results folder (a script's <outdir>, compare.py's and the 
 
     feature.txt              barcode + the features, tab-separated (SCALE's name and shape)
     cluster_assignments.txt  barcode, cluster, label
-    scores.tsv               ARI, NMI, F1, accuracy, silhouette, n_clusters, n_cells (and Leiden's resolution)
+    scores.tsv               ARI, NMI, F1, accuracy, silhouette, n_clusters, n_cells, knn_purity (and Leiden's resolution)
     confusion_matrix.tsv     labels x clusters (with labels)
     umap.txt                 barcode, UMAP1, UMAP2 (when the UMAP was computed)
     loss.tsv                 loss per epoch and its terms (autoencoders)
@@ -204,7 +204,7 @@ def write_results(folder, adata, key: str, *, cluster_key: str = "cluster", umap
 
 
 def _clustering_name(clustering: dict) -> str:
-    return "Leiden" if clustering.get("params", {}).get("method") == "leiden" else "K-means"
+    return {"leiden": "Leiden", "spectral": "spectral clustering"}.get(clustering.get("params", {}).get("method"), "K-means")
 
 
 def write_figures(folder, adata, key: str, *, cluster_key: str = "cluster", umap_key: str = "X_umap",

@@ -223,8 +223,9 @@ N_CLUSTERS = Param("n_clusters", int, None, "clusters to find: K of K-means, or 
                                             "bisected to (default: the number of label types; without labels K-means "
                                             "takes 8 and Leiden its --resolution)",
                    low=1, none_ok=True, group="clustering and run")
-CLUSTER = Param("cluster", str, "kmeans", "kmeans (default) or leiden: Leiden on the cells' 15-nearest-neighbour graph "
-                                         "(scanpy's neighbors and leiden)", choices=("kmeans", "leiden"),
+CLUSTER = Param("cluster", str, "kmeans", "kmeans (default), leiden: Leiden on the cells' 15-nearest-neighbour graph "
+                                         "(scanpy's neighbors and leiden), or spectral: K-means on that graph's "
+                                         "leading eigenvectors", choices=("kmeans", "leiden", "spectral"),
                 group="clustering and run")
 RESOLUTION = Param("resolution", float, None, "Leiden's resolution (default: bisected to --n-clusters or the number "
                                               "of label types; without either 1.0, scanpy's default)",

@@ -243,9 +243,10 @@ def cluster(adata, use_rep: str = "X_AE", *, labels_key: str | None = None, n_cl
     method "kmeans": K-means, k = n_clusters, or the number of label types when `labels_key` is given, else 8.
     method "leiden": Leiden (igraph, modularity) on the 15-nearest-neighbour graph weighted as scanpy.pp.neighbors,
     at `resolution`, or with the resolution bisected until it gives n_clusters (or the number of label types)
-    clusters, else at resolution 1.0. Writes obs[key_added] (categorical cluster ids) and uns[key_added]: params,
-    scores (ARI, NMI, macro F1 and accuracy after optimal matching, with labels; silhouette always; n_clusters,
-    n_cells; Leiden's resolution) and, with labels, the confusion table (labels x clusters, clusters in matched
+    clusters, else at resolution 1.0. method "spectral": K-means (k as above) on the leading eigenvectors of that
+    graph, so that clusters follow neighbourhoods rather than global distances. Writes obs[key_added] (categorical cluster ids) and uns[key_added]: params,
+    scores (ARI, NMI, macro F1 and accuracy after optimal matching, and knn_purity, with labels; silhouette always;
+    n_clusters, n_cells; Leiden's resolution) and, with labels, the confusion table (labels x clusters, clusters in matched
     order). Returns the scores.
     """
     import pandas as pd
@@ -262,7 +263,7 @@ def cluster(adata, use_rep: str = "X_AE", *, labels_key: str | None = None, n_cl
     adata.obs[key_added] = pd.Categorical([str(c) for c in clusters])
     record = {"params": {"use_rep": use_rep, "labels_key": labels_key, "method": method,
                          "n_clusters": scores["n_clusters"], "seed": seed,
-                         **({"n_init": n_init} if method == "kmeans" else {"resolution": scores["resolution"]})},
+                         **({"resolution": scores["resolution"]} if method == "leiden" else {"n_init": n_init})},
               "scores": scores}
     if confusion is not None:
         record["confusion"] = confusion.rename(columns=str)

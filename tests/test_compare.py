@@ -37,7 +37,7 @@ def test_every_method_has_a_row_and_outputs(all_methods):
     import matplotlib.image
 
     rows = table(all_methods)
-    assert list(rows) == [*compare.METHODS, "LSI", "LSI_Signac", "LSI_idf"]
+    assert list(rows) == [*compare.METHODS, "LSI", "LSI_Signac", "LSI_US", "LSI_idf"]
     for method, row in rows.items():
         assert row["status"] == "ok", (method, row["status"])
         assert int(row["n_seeds"]) == 2
@@ -47,6 +47,7 @@ def test_every_method_has_a_row_and_outputs(all_methods):
         assert in_range(number(row["silhouette_mean"]), -1, 1)
         assert number(row["ARI_std"]) >= 0
         assert in_range(number(row["ARI_leiden_mean"]), -1, 1) and in_range(number(row["NMI_leiden_mean"]), 0, 1)
+        assert in_range(number(row["ARI_spectral_mean"]), -1, 1) and in_range(number(row["knn_purity_mean"]), 0, 1)
         assert number(row["train_s"]) >= 0
         folder = all_methods / method
         assert (folder / "feature.txt").exists() and (folder / "scores.tsv").exists()
@@ -54,8 +55,9 @@ def test_every_method_has_a_row_and_outputs(all_methods):
         size = compare.OWN_SIZE.get(method, LATENT)  # Signac's LSI at its own defaults: dimensions 2-30
         assert header == ["barcode", *[f"{method}_{i}" for i in range(1, size + 1)]]
     # LSI separates the demo's simulated types well, with either clustering; a broken scorer or a label mix-up would not
-    for reference in ("LSI", "LSI_Signac", "LSI_idf"):
+    for reference in ("LSI", "LSI_Signac", "LSI_US", "LSI_idf"):
         assert number(rows[reference]["ARI_mean"]) > 0.5 and number(rows[reference]["ARI_leiden_mean"]) > 0.5
+        assert number(rows[reference]["ARI_spectral_mean"]) > 0.5 and number(rows[reference]["knn_purity_mean"]) > 0.5
     for name in ("comparison.png", "umap_grid.png"):
         image = matplotlib.image.imread(all_methods / name)
         assert image.ndim == 3 and image.shape[0] > 100
@@ -71,10 +73,10 @@ def test_a_failing_method_is_a_row_not_a_crash(tmp_path, monkeypatch):
     compare.main([str(DEMO), str(out), str(LATENT), str(DEMO / "labels.txt"), "--seeds", "1", "--methods", "AE,NMF",
                   "--no-umap", *SMALL])
     rows = table(out)
-    assert list(rows) == ["AE", "NMF", "LSI", "LSI_Signac", "LSI_idf"]
+    assert list(rows) == ["AE", "NMF", "LSI", "LSI_Signac", "LSI_US", "LSI_idf"]
     assert rows["AE"]["status"].startswith("failed") and "boom" in rows["AE"]["status"]
     assert int(rows["AE"]["n_seeds"]) == 0 and math.isnan(number(rows["AE"]["ARI_mean"]))
-    for method in ("NMF", "LSI", "LSI_Signac", "LSI_idf"):
+    for method in ("NMF", "LSI", "LSI_Signac", "LSI_US", "LSI_idf"):
         assert rows[method]["status"] == "ok"
         assert in_range(number(rows[method]["ARI_mean"]), -1, 1)
         assert (out / method / "feature.txt").exists()
@@ -88,16 +90,17 @@ def test_without_labels(tmp_path):
     out = tmp_path / "out"
     compare.main([str(DEMO), str(out), str(LATENT), "--seeds", "1", "--methods", "AE,NMF", *SMALL])
     rows = table(out)
-    assert list(rows) == ["AE", "NMF", "LSI", "LSI_Signac", "LSI_idf"]
+    assert list(rows) == ["AE", "NMF", "LSI", "LSI_Signac", "LSI_US", "LSI_idf"]
     for row in rows.values():
         assert row["status"] == "ok"
         assert math.isnan(number(row["ARI_mean"])) and math.isnan(number(row["NMI_mean"]))
-        assert math.isnan(number(row["ARI_leiden_mean"]))
+        assert math.isnan(number(row["ARI_leiden_mean"])) and math.isnan(number(row["ARI_spectral_mean"]))
+        assert math.isnan(number(row["knn_purity_mean"]))
         assert in_range(number(row["silhouette_mean"]), -1, 1)
     lines = [line.split("\t") for line in (out / "agreement.tsv").read_text().splitlines()]
-    assert lines[0] == ["method", "AE", "NMF", "LSI", "LSI_Signac", "LSI_idf"]
+    assert lines[0] == ["method", "AE", "NMF", "LSI", "LSI_Signac", "LSI_US", "LSI_idf"]
     values = np.array([[float(v) for v in row[1:]] for row in lines[1:]])
-    assert values.shape == (5, 5)
+    assert values.shape == (6, 6)
     assert np.all((values >= -1) & (values <= 1))
     np.testing.assert_allclose(np.diag(values), 1.0)
     np.testing.assert_allclose(values, values.T, atol=1e-6)
@@ -113,7 +116,7 @@ def test_same_seeds_same_scores(tmp_path):
         return {m: [row[k] for k in keys] for m, row in table(out).items()}
 
     first, second = scores("a"), scores("b")
-    assert list(first) == ["AE", "NMF", "LSI", "LSI_Signac", "LSI_idf"]
+    assert list(first) == ["AE", "NMF", "LSI", "LSI_Signac", "LSI_US", "LSI_idf"]
     assert first == second
 
 
