@@ -2,7 +2,7 @@
 
     python bench/quality.py [--datasets hemato600,schep600,hemato4k,cerebellum801] [--methods AE,VAE,...] [--seeds 1] [--out table.tsv]
                             [--epochs AE=100,StackedAE=30:100] [--transform binary] [--hidden-dims 256 64 ...]
-                            [--n-top-peaks 5000]
+                            [--n-top-peaks 5000] [--thin-to 300]
 
 A thin use of compare.py: the same loading, filtering, fitting and scoring path, run over several
 data sets, with the references in the same run: LSI (TF-IDF + truncated SVD, as Signac and ArchR do it)
@@ -46,6 +46,22 @@ def epochs_run(results, method) -> str:
     return ",".join(str(list(trained.values())[-1]) for trained in runs) or "-"
 
 
+def thin(X, max_open: int, seed: int = 123):
+    """X binarized with at most `max_open` open peaks a cell, drawn at random without replacement (cells with fewer
+    keep all theirs). Returns a new CSR matrix; X is not changed."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(X)
+    rng = np.random.default_rng(seed)
+    kept = [X.indices[start:stop] if stop - start <= max_open else np.sort(rng.choice(X.indices[start:stop], max_open,
+                                                                                      replace=False))
+            for start, stop in zip(X.indptr[:-1], X.indptr[1:])]
+    indptr = np.concatenate([[0], np.cumsum([len(k) for k in kept])])
+    indices = np.concatenate(kept) if kept else np.array([], dtype=X.indices.dtype)
+    return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=X.shape)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="hemato600,schep600,hemato4k,cerebellum801",
@@ -60,6 +76,9 @@ def main(argv=None):
     parser.add_argument("--epochs", default="", help="per-method epochs, e.g. AE=100,VAE=150,StackedAE=30:100")
     parser.add_argument("--n-top-peaks", type=int, default=None,
                         help="after filtering, keep the N peaks open in the most cells (all methods, LSI included)")
+    parser.add_argument("--thin-to", type=int, default=None,
+                        help="before filtering, keep at most N open peaks a cell, drawn at random (seed 123): the same "
+                             "cells and types with less signal a cell, as shallower sequencing gives")
     args, extra = parser.parse_known_args(argv)
 
     import scatac
@@ -76,6 +95,8 @@ def main(argv=None):
     for name in filter(None, args.datasets.split(",")):
         folder = Path(name) if Path(name).exists() else SHARED / name
         adata = scatac.read(folder, labels=folder / "labels.txt")
+        if args.thin_to is not None:
+            adata.X = thin(adata.X, args.thin_to)
         scatac.pp.filter(adata, n_top_peaks=args.n_top_peaks)
         results = compare.run_comparison(adata, names, args.latent_dim, list(range(args.seeds)), options, device=device,
                                          progress=not args.quiet)

@@ -121,13 +121,15 @@ def leiden(features: np.ndarray, n_clusters: int | None = None, seed: int = 0, r
 
 def spectral(features: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
     """Spectral clustering on the neighbour graph of `features` (n_cells, n_features): K-means on the cells' rows of
-    the normalized graph Laplacian's leading eigenvectors (scikit-learn's SpectralClustering on the precomputed
-    graph). Returns (n_cells,) cluster ids.
+    the normalized graph Laplacian's leading eigenvectors, each row L2-normalized (scikit-learn's
+    SpectralClustering on the precomputed graph). Returns (n_cells,) cluster ids.
 
     The graph is Leiden's (neighbor_graph: 15 neighbours, scanpy's weights), so the clusters follow which cells
     neighbour which, not the features' global distances; K-means in the features themselves weighs every direction
     of them as much as the others, which splits a large type that has sub-groups before it isolates a small one
-    (README, "Measured quality": cerebellum801). A sparse eigensolver on the graph: fine at atlas sizes.
+    (README, "Why cerebellum801 broke the methods"). The eigenvectors come from LOBPCG, a block solver: a graph in
+    pieces has its top eigenvalue several times over, which single-vector Lanczos resolves badly (it cut a long
+    type and merged two apart ones), and scikit-learn's default shift-invert Lanczos took minutes at 4,000 cells.
     """
     import scipy.sparse as sp
     from sklearn.cluster import SpectralClustering
@@ -138,8 +140,8 @@ def spectral(features: np.ndarray, n_clusters: int, seed: int = 0, n_init: int =
     adjacency = sp.csr_matrix(graph.get_adjacency_sparse(attribute="weight"), dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "graph is not fully connected": components are what it should find
-        model = SpectralClustering(n_clusters=n_clusters, affinity="precomputed", random_state=seed, n_init=n_init,
-                                   assign_labels="kmeans")
+        model = SpectralClustering(n_clusters=n_clusters, affinity="precomputed", eigen_solver="lobpcg",
+                                   random_state=seed, n_init=n_init, assign_labels="kmeans")
         return model.fit_predict(adjacency)
 
 

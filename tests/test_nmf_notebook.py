@@ -131,7 +131,7 @@ def test_notebook_on_hemato600(tmp_path):
     (("nmf_solver", "lbfgs"), "solver: must be one of 'mu', 'cd', got 'lbfgs'"),
     (("rank", 5000), "rank 5000 must be smaller than the number of peaks kept (2366)"),
     (("methods", "NMF,PCA"), "methods: unknown method 'PCA'; allowed: NMF, LSNMF"),
-    (("cluster", "louvain"), "cluster: must be one of 'kmeans', 'leiden', got 'louvain'"),
+    (("cluster", "louvain"), "cluster: must be one of 'kmeans', 'leiden', 'spectral', got 'louvain'"),
 ])
 def test_bad_parameters_stop_with_one_message_and_write_nothing(tmp_path, params, problem):
     outdir = tmp_path / "out"
