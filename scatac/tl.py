@@ -244,10 +244,11 @@ def cluster(adata, use_rep: str = "X_AE", *, labels_key: str | None = None, n_cl
     method "leiden": Leiden (igraph, modularity) on the 15-nearest-neighbour graph weighted as scanpy.pp.neighbors,
     at `resolution`, or with the resolution bisected until it gives n_clusters (or the number of label types)
     clusters, else at resolution 1.0. method "spectral": K-means (k as above) on the leading eigenvectors of that
-    graph, so that clusters follow neighbourhoods rather than global distances. Writes obs[key_added] (categorical cluster ids) and uns[key_added]: params,
-    scores (ARI, NMI, macro F1 and accuracy after optimal matching, and knn_purity, with labels; silhouette always;
-    n_clusters, n_cells; Leiden's resolution) and, with labels, the confusion table (labels x clusters, clusters in matched
-    order). Returns the scores.
+    graph, so that clusters follow neighbourhoods rather than global distances.
+    Writes obs[key_added] (categorical cluster ids) and uns[key_added]: params, scores (ARI, NMI, macro F1 and
+    accuracy after optimal matching, and knn_purity, with labels; silhouette always; n_clusters, n_cells; Leiden's
+    resolution) and, with labels, the confusion table (labels x clusters, clusters in matched order). Returns the
+    scores.
     """
     import pandas as pd
 
