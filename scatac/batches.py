@@ -70,10 +70,13 @@ class TrainData:
         sparsity pattern, so the binary target (1 where the peak is open) is read off the
         pattern of `inputs` per batch instead of being stored: a CSR copy less at atlas size.
     depth: (n_cells,) float32, logit of the fraction of open peaks.
+    neighbors: (n_cells, k) int64 reference neighbours of each cell (pp.reference_neighbors), or None: what
+        the neighbour term pairs cells with (Trainer.train's neighbor_weight).
     """
 
     inputs: sp.csr_matrix
     depth: np.ndarray
+    neighbors: np.ndarray | None = None
 
     @classmethod
     def from_counts(cls, counts: sp.csr_matrix, transform_kind: str):
@@ -129,3 +132,17 @@ def iterate_batches(n_cells: int, batch_size: int, rng: np.random.Generator | No
     order = rng.permutation(n_cells) if rng is not None else np.arange(n_cells)
     for start in range(0, n_cells, batch_size):
         yield order[start : start + batch_size]
+
+
+def draw_neighbors(rows: np.ndarray, neighbors: np.ndarray, rng: np.random.Generator,
+                   allowed: np.ndarray | None = None) -> np.ndarray:
+    """One reference neighbour of each cell in `rows`, drawn at random: the cells the neighbour term pairs them with.
+
+    neighbors: (n_cells, k) from TrainData. allowed: a boolean mask over all cells (early stopping's training
+    cells): a neighbour outside it is replaced by the cell itself (a zero distance), so held-out cells stay unseen.
+    Returns (len(rows),) int64.
+    """
+    picked = neighbors[rows, rng.integers(0, neighbors.shape[1], len(rows))]
+    if allowed is not None:
+        picked = np.where(allowed[picked], picked, rows)
+    return picked

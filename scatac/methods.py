@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .errors import fail
 from .factorization import LSNMF_OPTIONS, NMF_OPTIONS
 from .params import (BATCH_SIZE, DECODER, DROPOUT, EARLY_STOPPING, EPOCHS, HIDDEN_DIMS, INPUT_DROPOUT, LR, NEGATIVES,
-                     PATIENCE, TRANSFORM, VALIDATION_FRACTION, WEIGHT_DECAY, Options, Param)
+                     NEIGHBOR_WEIGHT, PATIENCE, TRANSFORM, VALIDATION_FRACTION, WEIGHT_DECAY, Options, Param)
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ def _network(hidden_dims, input_dropout, input_dropout_help=None, hidden_help=No
     )
 
 
-TRAINING = Options(BATCH_SIZE, LR, DECODER, NEGATIVES, TRANSFORM, EARLY_STOPPING, PATIENCE, VALIDATION_FRACTION)
+TRAINING = Options(BATCH_SIZE, LR, DECODER, NEGATIVES, NEIGHBOR_WEIGHT, TRANSFORM, EARLY_STOPPING, PATIENCE,
+                   VALIDATION_FRACTION)
 
 AE = Method(
     "AE", "Plain autoencoder: features of scATAC-seq cells, UMAP, K-means clusters and scores.",

@@ -104,6 +104,23 @@ class PeakOutput(nn.Linear):
         return self.sampler.nll(self, hidden, batch)
 
 
+def neighbor_ratio(code, neighbor_code):
+    """The neighbour term: how far cells are from their reference neighbours in the code, relative to random pairs.
+
+    code: (batch, latent_dim), the batch's features (`embed`: without input dropout, whose noise would swamp
+    the distances); neighbor_code: the same for one reference neighbour of each cell (pp.reference_neighbors:
+    near under SnapATAC2's geometry). Returns mean |code - neighbor_code|^2 / mean |code_i - code_j|^2 over
+    random pairs (i, j) of the batch, a scalar tensor. The ratio is blind to the code's scale, which the
+    reconstruction does not fix (an invertible linear map of the code is undone by the decoder's first
+    layer): a plain distance would shrink the code instead of arranging it. It pulls the code towards the
+    reference's neighbourhoods; the reconstruction keeps what the reference does not see.
+    """
+    near = (code - neighbor_code).pow(2).sum(dim=1).mean()
+    shuffled = torch.randperm(code.shape[0], device=code.device)
+    spread = (code - code[shuffled]).pow(2).sum(dim=1).mean()
+    return near / (spread + 1e-8)
+
+
 def reconstruction_nll(decoder: nn.Sequential, code, batch):
     """-log p(the batch's open peaks | code), per cell and averaged: `decoder` ends in a PeakOutput."""
     return decoder[-1].nll(decoder[:-1](code), batch)

@@ -256,6 +256,11 @@ DECODER = Param("decoder", str, "auto", "full: every peak's logit in every step;
 NEGATIVES = Param("negatives", str, "2x", "peaks drawn per batch for the sampled decoder: a count (2000) or a ratio to "
                                          "a cell's mean open peaks (default 2x)", pattern=r"[1-9][0-9]*|[0-9]*\.?[0-9]+x",
                   pattern_help="a count like '2000' or a ratio like '4x'", group="training")
+NEIGHBOR_WEIGHT = Param("neighbor_weight", float, 0.1,
+                        "weight of the neighbour term: each batch pairs cells with one of their nearest cells under "
+                        "SnapATAC2's geometry (cosine on the IDF-weighted peaks, latent_dim SVD components) and their "
+                        "codes are pulled together relative to random pairs, in proportion to the reconstruction "
+                        "loss; 0 turns it off (default 0.1)", low=0, group="training")
 EARLY_STOPPING = Param("early_stopping", bool, False, "hold out --validation-fraction of the cells and stop when their "
                                                      "loss has not improved for --patience epochs (the epochs become "
                                                      "a maximum); the held-out cells still get features",

@@ -214,3 +214,33 @@ def transform(X: sp.csr_matrix, kind: str) -> sp.csr_matrix:
 
         return sp.csr_matrix(MaxAbsScaler().fit_transform(X), dtype=np.float32)
     raise ValueError(f"unknown transform {kind!r}; allowed: {', '.join(TRANSFORMS)}")
+
+
+def reference_neighbors(X: sp.csr_matrix, n_components: int = 10, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
+    """Each cell's nearest other cells under SnapATAC2's geometry: the neighbours the autoencoders' neighbour term
+    keeps near in their code.
+
+    X: counts, CSR (n_cells, n_peaks). The binarized counts weighted by `idf` (rows L2-normalized), a randomized
+    truncated SVD to `n_components` scores weighted by their singular values (U S), each cell's scores
+    L2-normalized (cosine geometry), then exact Euclidean neighbours (scikit-learn's trees, so never an
+    (n_cells, n_cells) matrix). Returns (n_cells, n_neighbors) int64, the cell itself left out (fewer columns
+    where there are fewer other cells).
+    """
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.neighbors import NearestNeighbors
+
+    weighted = idf(X)
+    n_components = max(1, min(n_components, min(weighted.shape) - 1))
+    scores = TruncatedSVD(n_components=n_components, algorithm="randomized", n_iter=7,
+                          random_state=seed).fit_transform(weighted)
+    scores /= np.maximum(np.linalg.norm(scores, axis=1, keepdims=True), 1e-12)
+    n_neighbors = int(min(n_neighbors, X.shape[0] - 1))
+    if n_neighbors < 1:
+        return np.zeros((X.shape[0], 0), dtype=np.int64)
+    found = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(scores).kneighbors(scores, return_distance=False)
+    # the cell itself is its own nearest neighbour except between identical cells: drop it, else the farthest
+    is_self = found == np.arange(X.shape[0])[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), n_neighbors)
+    keep = np.ones_like(found, dtype=bool)
+    keep[np.arange(X.shape[0]), drop] = False
+    return found[keep].reshape(X.shape[0], n_neighbors).astype(np.int64)

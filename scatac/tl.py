@@ -84,6 +84,10 @@ def _fit_neural(method: methods.Method, fit, adata, latent_dim, layer, seed, dev
     started = time.perf_counter()
     set_seed(seed)
     data = TrainData.from_counts(counts, options["transform"])
+    if options["neighbor_weight"] > 0:
+        from .pp import reference_neighbors
+
+        data.neighbors = reference_neighbors(counts, latent_dim, seed=seed)
     transform_s = time.perf_counter() - started
     started = time.perf_counter()
     first_call = len(trainer.calls)

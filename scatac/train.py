@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .batches import Batch, TrainData, iterate_batches
+from .batches import Batch, TrainData, draw_neighbors, iterate_batches
 from .errors import TrainingFailed
 from .runtime import keep_freed_memory, select_device
 
@@ -108,7 +108,7 @@ class Trainer:
     def train(self, model, data: TrainData, epochs: int, batch_size: int, lr: float, seed: int, *,
               loss_fn: Callable | None = None, parameters=None, phase: str = "train", weight_decay: float = 0.0,
               epoch_callback: Callable | None = None, patience: int | None = None, validation_fraction: float = 0.1,
-              min_epochs: int = 0) -> list:
+              min_epochs: int = 0, neighbor_weight: float = 0.0) -> list:
         """Adam over shuffled mini-batches for `epochs` passes; returns one record per epoch.
 
         `loss_fn(model, batch, epoch)` returns a dict of scalar tensors whose "loss" entry is
@@ -122,12 +122,19 @@ class Trainer:
         improved for `patience` epochs, not before `min_epochs` (the VAE's KL warm-up, when the loss still
         changes meaning). The weights are those of the last epoch, as Keras's and Lightning's EarlyStopping
         leave them by default.
+
+        Neighbour term, with `neighbor_weight` > 0 and `data.neighbors`: each cell of a batch is paired with one
+        of its reference neighbours (batches.draw_neighbors); the features of both (`model.embed`, the
+        neighbour's without a gradient: a fixed target) give the record's "neighbor" ratio
+        (nn.neighbor_ratio), and the loss minimized becomes loss + neighbor_weight * ratio * loss, the
+        last factor held fixed in the step: the term is weighed against the reconstruction's own size,
+        which differs a hundredfold between data sets, so that one weight holds on all.
         """
         import torch
         import torch.profiler
         from tqdm.auto import tqdm
 
-        from .nn import sampled_outputs
+        from .nn import neighbor_ratio, sampled_outputs
 
         device = self.device
         if batch_size == "auto":
@@ -149,6 +156,11 @@ class Trainer:
             if report_rows is not None:
                 report_rows = np.intersect1d(report_rows, training_rows)
         n_training = data.n_cells if training_rows is None else len(training_rows)
+        pair_neighbors = neighbor_weight > 0 and data.neighbors is not None and data.neighbors.shape[1] > 0
+        allowed = None
+        if pair_neighbors and training_rows is not None:
+            allowed = np.zeros(data.n_cells, dtype=bool)
+            allowed[training_rows] = True
         best, waited = math.inf, 0
         history = []
         call = {"phase": phase, "epochs": epochs, "batch_size": batch_size, "n_cells": n_training,
@@ -174,6 +186,12 @@ class Trainer:
                     batch = Batch(data, rows, device)
                 terms = loss_fn(model, batch, epoch)
                 loss = terms["loss"]
+                if pair_neighbors and len(rows) > 1:
+                    neighbor_batch = Batch(data, draw_neighbors(rows, data.neighbors, rng, allowed), device)
+                    with torch.no_grad():  # a fixed target, as BYOL's: its backward pass would cost a third more
+                        neighbor_code = model.embed(neighbor_batch)
+                    terms = {**terms, "neighbor": neighbor_ratio(model.embed(batch), neighbor_code)}
+                    loss = loss + neighbor_weight * loss.detach() * terms["neighbor"]
                 # a check reads the loss back to the host: every step on CPU, where that is free; once
                 # an epoch on a GPU, whose steps then queue up without waiting (below)
                 if device.type != "cuda" and not torch.isfinite(loss):

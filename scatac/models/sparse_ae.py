@@ -68,5 +68,6 @@ def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed:
                               options["sparsity_target"], options["sparsity_weight"]).to(trainer.device)
     configure_decoder(model, data, options, trainer.device)
     history = trainer.train(model, data, options["epochs"], options["batch_size"], options["lr"], seed,
-                            weight_decay=options["weight_decay"], **early_stopping(options))
+                            weight_decay=options["weight_decay"], neighbor_weight=options["neighbor_weight"],
+                            **early_stopping(options))
     return Fitted(trainer.encode(model, data), model, history)

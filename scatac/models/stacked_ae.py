@@ -94,7 +94,8 @@ def finetune(model: StackedAutoEncoder, data: TrainData, options: dict, trainer:
         parameter.requires_grad_(True)
     # early stopping watches the fine-tuning only: the layer-wise pretraining is a few epochs by design
     return trainer.train(model, data, options["finetune_epochs"], options["batch_size"], options["lr"], seed,
-                         weight_decay=options["weight_decay"], phase="finetune", **early_stopping(options))
+                         weight_decay=options["weight_decay"], phase="finetune",
+                         neighbor_weight=options["neighbor_weight"], **early_stopping(options))
 
 
 def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed: int) -> Fitted:

@@ -129,6 +129,7 @@ def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed:
     # not stopped during the KL warm-up, while the held-out loss's KL weight is still rising
     history = trainer.train(model, data, options["epochs"], options["batch_size"], options["lr"], seed,
                             weight_decay=options["weight_decay"], epoch_callback=fit_mixture_when_warm,
+                            neighbor_weight=options["neighbor_weight"],
                             min_epochs=init_epoch, **early_stopping(options))
     return Fitted(trainer.encode(model, data), model, history,
                   extra={"prior": options["prior"], "n_components": n_components})
