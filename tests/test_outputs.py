@@ -180,8 +180,13 @@ def test_without_an_atomic_exchange_a_crash_between_renames_loses_nothing(earlie
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_ends_the_run_with_one_line_and_the_old_result(earlier, tmp_path, signum, status):
     out = fresh_copy(earlier, tmp_path)
+    # A shell starts a background job with SIGINT ignored, and Python keeps an inherited ignore (so that Ctrl-C
+    # on a script does not stop the jobs it put in the background): the scripts respect that convention, so the
+    # child gets SIGINT's default back here, as a run in the foreground of a terminal has it, whichever way the
+    # suite itself was started.
     run = subprocess.Popen([sys.executable, str(REPO / "AE.py"), "200", str(DEMO), str(out), "4", *FAST],
-                           cwd=REPO, stderr=subprocess.PIPE, text=True)
+                           cwd=REPO, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in run.stderr:
         if "training on" in line:
             break
