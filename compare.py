@@ -113,14 +113,16 @@ def run_one(method: str, adata, latent_dim: int, seed: int, options: dict, n_clu
             raise TrainingFailed("features with non-finite values")
         result.scores = tl.cluster(result.adata, use_rep=f"X_{method}", labels_key=labels_key, n_clusters=n_clusters,
                                    seed=seed, n_init=n_init)
+        tl.neighbors(result.adata, use_rep=f"X_{method}", seed=seed)  # one search for Leiden and spectral
         leiden = tl.cluster(result.adata, use_rep=f"X_{method}", labels_key=labels_key, method="leiden",
                             n_clusters=None if resolution else n_clusters, resolution=resolution, seed=seed,
-                            key_added="leiden")
+                            neighbors_key="neighbors", key_added="leiden")
         result.scores.update({f"{key}_leiden": leiden[key] for key in ("ARI", "NMI", "n_clusters", "resolution")
                               if key in leiden})
         if labels_key is not None:
             spectral_scores = tl.cluster(result.adata, use_rep=f"X_{method}", labels_key=labels_key, method="spectral",
-                                         n_clusters=n_clusters, seed=seed, n_init=n_init, key_added="spectral")
+                                         n_clusters=n_clusters, seed=seed, n_init=n_init, neighbors_key="neighbors",
+                                         key_added="spectral")
             result.scores["ARI_spectral"] = spectral_scores["ARI"]
     except Exception as exc:  # a failing method (its own input error too) is its row; the comparison goes on
         reason = f"{exc.__class__.__name__}: {exc}".replace("\t", " ").replace("\n", " ")

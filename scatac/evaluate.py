@@ -43,28 +43,44 @@ LEIDEN_RESOLUTION = 1.0  # scanpy.tl.leiden's default: Leiden's resolution when 
 BISECTION_STEPS = 30
 
 
-def neighbor_graph(features: np.ndarray, n_neighbors: int = NEIGHBORS, seed: int = 0):
-    """The cells' k-nearest-neighbour graph in the clustering space, weighted as scanpy.pp.neighbors weighs it.
+def neighbors(features: np.ndarray, n_neighbors: int = NEIGHBORS, seed: int = 0):
+    """The cells' k-nearest-neighbour graph in the clustering space, as scanpy.pp.neighbors weighs it.
 
     features: (n_cells, n_features) from cluster_space. Exact neighbours (scikit-learn), then UMAP's fuzzy
-    simplicial set turns distances into symmetric connectivities in [0, 1]. Returns an undirected igraph.Graph
-    with a "weight" edge attribute.
+    simplicial set turns distances into symmetric connectivities in [0, 1]. Returns (distances, connectivities),
+    both CSR (n_cells, n_cells) float32: each cell's n_neighbors - 1 nearest other cells with their Euclidean
+    distance, and the symmetric weights (scanpy's obsp["distances"] and obsp["connectivities"]).
     """
-    import igraph
+    import scipy.sparse as sp
     from sklearn.neighbors import NearestNeighbors
     from umap.umap_ import fuzzy_simplicial_set
 
     n_cells = features.shape[0]
     n_neighbors = int(min(n_neighbors, n_cells))
-    distances, indices = NearestNeighbors(n_neighbors=n_neighbors).fit(features).kneighbors(features)
+    found, indices = NearestNeighbors(n_neighbors=n_neighbors).fit(features).kneighbors(features)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         connectivities, _, _ = fuzzy_simplicial_set(features, n_neighbors, np.random.RandomState(seed), "euclidean",
-                                                    knn_indices=indices, knn_dists=distances.astype(np.float32))
+                                                    knn_indices=indices, knn_dists=found.astype(np.float32))
+    others = indices != np.arange(n_cells)[:, None]  # scanpy's distances leave each cell itself out
+    rows = np.repeat(np.arange(n_cells), others.sum(axis=1))
+    distances = sp.csr_matrix((found[others].astype(np.float32), (rows, indices[others])), shape=(n_cells, n_cells))
+    return distances, sp.csr_matrix(connectivities, dtype=np.float32)
+
+
+def as_igraph(connectivities):
+    """An undirected igraph.Graph of symmetric `connectivities` (CSR), each edge once, weights in "weight"."""
+    import igraph
+
     upper = connectivities.tocoo()
     keep = upper.row < upper.col  # symmetric: each edge once
-    return igraph.Graph(n=n_cells, edges=np.column_stack([upper.row[keep], upper.col[keep]]).tolist(),
+    return igraph.Graph(n=connectivities.shape[0], edges=np.column_stack([upper.row[keep], upper.col[keep]]).tolist(),
                         edge_attrs={"weight": upper.data[keep].astype(float).tolist()}, directed=False)
+
+
+def neighbor_graph(features: np.ndarray, n_neighbors: int = NEIGHBORS, seed: int = 0):
+    """`neighbors`' connectivities of `features` as an igraph.Graph (what Leiden and spectral clustering cut)."""
+    return as_igraph(neighbors(features, n_neighbors, seed)[1])
 
 
 def _leiden_once(graph, resolution: float, seed: int) -> np.ndarray:
@@ -84,14 +100,16 @@ def _leiden_once(graph, resolution: float, seed: int) -> np.ndarray:
     return np.asarray(partition.membership)
 
 
-def leiden(features: np.ndarray, n_clusters: int | None = None, seed: int = 0, resolution: float | None = None):
-    """Leiden (modularity) on the neighbour graph of `features` (n_cells, n_features); returns (clusters, resolution).
+def leiden(features: np.ndarray | None, n_clusters: int | None = None, seed: int = 0, resolution: float | None = None,
+           graph=None):
+    """Leiden (modularity) on the neighbour graph of `features` (n_cells, n_features), or on `graph` (an igraph.Graph
+    from as_igraph) when given; returns (clusters, resolution).
 
     With `resolution` given, one partition at it. Else with `n_clusters`, the resolution is bisected until Leiden
     gives that many clusters (the protocol of Chen et al. 2019, Genome Biology's benchmark of scATAC-seq methods,
     there with Louvain), the closest count found if none is exact; else LEIDEN_RESOLUTION.
     """
-    graph = neighbor_graph(features, seed=seed)
+    graph = neighbor_graph(features, seed=seed) if graph is None else graph
     if resolution is not None or n_clusters is None:
         resolution = LEIDEN_RESOLUTION if resolution is None else float(resolution)
         return _leiden_once(graph, resolution, seed), resolution
@@ -119,8 +137,9 @@ def leiden(features: np.ndarray, n_clusters: int | None = None, seed: int = 0, r
     return best[0], best[1]
 
 
-def spectral(features: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
-    """Spectral clustering on the neighbour graph of `features` (n_cells, n_features): K-means on the cells' rows of
+def spectral(features: np.ndarray | None, n_clusters: int, seed: int = 0, n_init: int = 10, connectivities=None) -> np.ndarray:
+    """Spectral clustering on the neighbour graph of `features` (n_cells, n_features), or on `connectivities` (CSR,
+    symmetric) when given: K-means on the cells' rows of
     the normalized graph Laplacian's leading eigenvectors, each row L2-normalized (scikit-learn's
     SpectralClustering on the precomputed graph). Returns (n_cells,) cluster ids.
 
@@ -134,10 +153,11 @@ def spectral(features: np.ndarray, n_clusters: int, seed: int = 0, n_init: int =
     import scipy.sparse as sp
     from sklearn.cluster import SpectralClustering
 
-    n_cells = features.shape[0]
+    if connectivities is None:
+        connectivities = neighbors(features, seed=seed)[1]
+    n_cells = connectivities.shape[0]
     n_clusters = max(1, min(n_clusters, n_cells - 1))
-    graph = neighbor_graph(features, seed=seed)
-    adjacency = sp.csr_matrix(graph.get_adjacency_sparse(attribute="weight"), dtype=np.float64)
+    adjacency = sp.csr_matrix(connectivities, dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "graph is not fully connected": components are what it should find
         model = SpectralClustering(n_clusters=n_clusters, affinity="precomputed", eigen_solver="lobpcg",
@@ -214,22 +234,25 @@ def default_n_clusters(labels) -> int:
 
 
 def evaluate(latent: np.ndarray, labels, n_clusters: int | None, seed: int, n_init: int = 10, method: str = "kmeans",
-             resolution: float | None = None):
+             resolution: float | None = None, connectivities=None):
     """Clusters on the clustering space of `latent`, scored; returns (clusters, scores, confusion table or None).
 
     method "kmeans": K-means with k = n_clusters (None: the number of label types, else 8). "leiden": Leiden on the
     neighbour graph at `resolution`, or bisected to n_clusters (None: the number of label types; without labels
     LEIDEN_RESOLUTION); scores then hold the resolution used. "spectral": spectral clustering on the same graph with
     k as K-means'. With labels, scores also hold knn_purity (see there), which no clustering changes.
+    connectivities: the neighbour graph of these features (CSR, from `neighbors`) for Leiden and spectral
+    clustering to cut instead of building their own.
     """
     features = cluster_space(latent)
     if method == "leiden":
         target = n_clusters if n_clusters is not None else (len(set(labels)) if labels is not None else None)
-        clusters, used = leiden(features, target, seed, resolution)
+        graph = as_igraph(connectivities) if connectivities is not None else None
+        clusters, used = leiden(features, target, seed, resolution, graph=graph)
         scores_extra = {"resolution": float(used)}
     elif method == "spectral":
         n_clusters = default_n_clusters(labels) if n_clusters is None else n_clusters
-        clusters = spectral(features, n_clusters, seed, n_init=n_init)
+        clusters = spectral(features, n_clusters, seed, n_init=n_init, connectivities=connectivities)
         scores_extra = {}
     else:
         n_clusters = default_n_clusters(labels) if n_clusters is None else n_clusters

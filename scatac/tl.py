@@ -6,12 +6,19 @@
     scatac.tl.cluster(adata, use_rep="X_AE", labels_key="label")   # obs["cluster"], uns["cluster"]["scores"]
     scatac.tl.umap(adata, use_rep="X_AE")                           # obsm["X_umap"]
 
+One key rule, SnapATAC2's: `key_added` names a result, which lands in obsm["X_<key_added>"] when it is
+a representation of the cells (a method's features, a UMAP), in obs[key_added] when it is a clustering
+(kmeans, leiden, cluster), in obsp as scanpy's neighbour graph (neighbors), and with its params in
+uns[key_added] in every case. The number of dimensions is `latent_dim` for every method.
+
 Every method reads the counts in `adata.X` (or `adata.layers[layer]`), cells x peaks, and writes
 `obsm["X_<key_added>"]` (n_cells, latent_dim) float32 and `uns[key_added]`: the method, its
-checked params, and for the autoencoders the loss per epoch (a DataFrame) and seconds spent. The
-autoencoders return the trained torch module (its `config` rebuilds it); the factorizations put
-their peak loadings in `varm["<key_added>_loadings"]` (n_peaks, rank) and return None. Nothing
-is written to disk; the method scripts are built on these same functions.
+checked params, and for the autoencoders the loss per epoch (a DataFrame) and seconds spent; the
+factorizations add their peak loadings in `varm["<key_added>_loadings"]` (n_peaks, latent_dim).
+One return rule: a function returns None, except what an AnnData cannot hold: the autoencoders
+return their trained torch module (its `config` rebuilds it), and the scoring functions (score,
+and cluster, which also stores them) return the scores. Nothing is written to disk; the method
+scripts are built on these same functions.
 """
 from __future__ import annotations
 
@@ -163,60 +170,63 @@ def vae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device: str =
                        options)
 
 
-def _fit_factorization(method: methods.Method, fit, adata, rank, layer, seed, key_added, options):
+def _fit_factorization(method: methods.Method, fit, adata, latent_dim, layer, seed, key_added, options):
     """Check every argument, then factorize: what NMF's and LSNMF's functions share."""
     options = method.options.resolve(options, where=method.name)
     seed = SEED.check(seed)
     counts = counts_of(adata, layer)
-    rank = check_rank(rank, *counts.shape, source=_source(adata))
-    cell_factors, loadings, details = fit(counts, rank, seed=seed, **options)
+    latent_dim = check_rank(latent_dim, *counts.shape, source=_source(adata))
+    cell_factors, loadings, details = fit(counts, latent_dim, seed=seed, **options)
     adata.obsm[f"X_{key_added}"] = cell_factors
     adata.varm[f"{key_added}_loadings"] = np.ascontiguousarray(loadings.T)
     details = {k: v for k, v in details.items() if k != "history"}
-    adata.uns[key_added] = _storable({"method": method.name, "params": {"rank": rank, "seed": seed, "layer": layer, **options},
+    adata.uns[key_added] = _storable({"method": method.name, "params": {"latent_dim": latent_dim, "seed": seed, "layer": layer,
+                                                                  **options},
                                      "seconds": {"fit_s": details["fit_s"]}, "factorization": details})
 
 
 @_documented(methods.NMF)
-def nmf(adata, rank: int = 10, *, layer=None, seed: int = 0, key_added: str = "NMF", **options):
+def nmf(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: str = "NMF", **options):
     """NMF (scikit-learn, Frobenius loss) of the transformed counts, V ~ W H, never densified.
 
-    Writes obsm["X_NMF"] (cells x rank, W), varm["NMF_loadings"] (peaks x rank, H transposed) and uns["NMF"].
+    Writes obsm["X_NMF"] (cells x latent_dim, W: the rank is the latent dimension), varm["NMF_loadings"] (peaks x
+    latent_dim, H transposed) and uns["NMF"]; returns None.
     """
-    _fit_factorization(methods.NMF, fit_nmf, adata, rank, layer, seed, key_added, options)
+    _fit_factorization(methods.NMF, fit_nmf, adata, latent_dim, layer, seed, key_added, options)
 
 
 @_documented(methods.LSNMF)
-def lsnmf(adata, rank: int = 10, *, layer=None, seed: int = 0, key_added: str = "LSNMF", **options):
+def lsnmf(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: str = "LSNMF", **options):
     """LSNMF (Lin 2007, nimfa's Lsnmf or the suite's sparse solver of the same algorithm), V ~ W H.
 
-    Writes obsm["X_LSNMF"], varm["LSNMF_loadings"] (peaks x rank) and uns["LSNMF"].
+    Writes obsm["X_LSNMF"] (cells x latent_dim), varm["LSNMF_loadings"] (peaks x latent_dim) and uns["LSNMF"];
+    returns None.
     """
-    _fit_factorization(methods.LSNMF, fit_lsnmf, adata, rank, layer, seed, key_added, options)
+    _fit_factorization(methods.LSNMF, fit_lsnmf, adata, latent_dim, layer, seed, key_added, options)
 
 
-def lsi(adata, n_components: int = 10, *, layer=None, seed: int = 0, transform: str = "tfidf",
+def lsi(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, transform: str = "tfidf",
         unit_variance: bool = True, key_added: str = "LSI"):
     """LSI: a weighted binary matrix, truncated SVD, the first (depth) component dropped.
 
     transform "tfidf" (default): Signac's and ArchR's TF-IDF; "idf": SnapATAC2's IDF weighting with rows
     L2-normalized (the input of NMF and LSNMF by default). Writes obsm["X_<key_added>"] (n_cells,
-    n_components), each component scaled to unit variance as Signac's RunSVD (unit_variance) or weighted by
+    latent_dim), each component scaled to unit variance as Signac's RunSVD (unit_variance) or weighted by
     its singular value, and uns[key_added].
     """
     seed = SEED.check(seed)
     counts = counts_of(adata, layer)
-    n_components = check_rank(n_components, *counts.shape, source=_source(adata))
+    latent_dim = check_rank(latent_dim, *counts.shape, source=_source(adata))
     started = time.perf_counter()
-    adata.obsm[f"X_{key_added}"] = lsi_features(counts, n_components, seed=seed, transform=transform,
+    adata.obsm[f"X_{key_added}"] = lsi_features(counts, latent_dim, seed=seed, transform=transform,
                                                 unit_variance=bool(unit_variance))
-    adata.uns[key_added] = _storable({"method": "LSI", "params": {"n_components": n_components, "seed": seed,
+    adata.uns[key_added] = _storable({"method": "LSI", "params": {"latent_dim": latent_dim, "seed": seed,
                                                                   "transform": transform,
                                                                   "unit_variance": bool(unit_variance), "layer": layer},
                                      "seconds": {"fit_s": time.perf_counter() - started}})
 
 
-def spectral(adata, n_components: int = 10, *, layer=None, seed: int = 0, key_added: str = "SnapATAC2"):
+def spectral(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: str = "SnapATAC2"):
     """SnapATAC2's spectral embedding (`snapatac2.tl.spectral`, cosine similarity, every peak a feature), when installed.
 
     Writes obsm["X_SnapATAC2"] and uns["SnapATAC2"]. Raises ImportError without snapatac2.
@@ -230,9 +240,9 @@ def spectral(adata, n_components: int = 10, *, layer=None, seed: int = 0, key_ad
     binary = anndata.AnnData(X=binarize(counts_of(adata, layer)))
     binary.var["selected"] = True
     started = time.perf_counter()
-    snap.tl.spectral(binary, n_comps=n_components, features="selected", random_state=seed)
+    snap.tl.spectral(binary, n_comps=latent_dim, features="selected", random_state=seed)
     adata.obsm[f"X_{key_added}"] = np.asarray(binary.obsm["X_spectral"], dtype=np.float32)
-    adata.uns[key_added] = {"method": "SnapATAC2", "params": {"n_components": n_components, "seed": seed},
+    adata.uns[key_added] = {"method": "SnapATAC2", "params": {"latent_dim": latent_dim, "seed": seed},
                             "seconds": {"fit_s": time.perf_counter() - started}}
 
 
@@ -241,7 +251,7 @@ FIT = {"AE": ae, "SparseAE": sparse_ae, "StackedAE": stacked_ae, "VAE": vae, "NM
 
 def cluster(adata, use_rep: str = "X_AE", *, labels_key: str | None = None, n_clusters: int | None = None,
             method: str = "kmeans", resolution: float | None = None, seed: int = 0, n_init: int = 10,
-            key_added: str = "cluster"):
+            neighbors_key: str | None = None, key_added: str = "cluster"):
     """Clusters of `obsm[use_rep]` in the clustering space (features centred, cells L2-normalized), scored.
 
     method "kmeans": K-means, k = n_clusters, or the number of label types when `labels_key` is given, else 8.
@@ -252,19 +262,20 @@ def cluster(adata, use_rep: str = "X_AE", *, labels_key: str | None = None, n_cl
     Writes obs[key_added] (categorical cluster ids) and uns[key_added]: params, scores (ARI, NMI, macro F1 and
     accuracy after optimal matching, and knn_purity, with labels; silhouette always; n_clusters, n_cells; Leiden's
     resolution) and, with labels, the confusion table (labels x clusters, clusters in matched order). Returns the
-    scores.
+    scores. neighbors_key: Leiden and spectral clustering cut the graph tl.neighbors stored there for the same
+    use_rep instead of building their own (several clusterings of one representation then search once).
     """
     import pandas as pd
 
-    if use_rep not in adata.obsm:
-        fail("use_rep", f"adata has no obsm[{use_rep!r}] (obsm: {', '.join(adata.obsm) or 'none'})")
-    if labels_key is not None and labels_key not in adata.obs:
-        fail("labels_key", f"adata has no obs column {labels_key!r}")
+    _check_rep(adata, use_rep)
+    if labels_key is not None:
+        _check_obs(adata, labels_key, "labels_key")
     n_clusters, seed, n_init = N_CLUSTERS.check(n_clusters), SEED.check(seed), N_INIT.check(n_init)
     method, resolution = CLUSTER.check(method), RESOLUTION.check(resolution)
     labels = adata.obs[labels_key].astype(str).to_numpy() if labels_key is not None else None
+    connectivities = _stored_graph(adata, neighbors_key, use_rep) if neighbors_key is not None else None
     clusters, scores, confusion = evaluate(np.asarray(adata.obsm[use_rep]), labels, n_clusters, seed, n_init=n_init,
-                                           method=method, resolution=resolution)
+                                           method=method, resolution=resolution, connectivities=connectivities)
     adata.obs[key_added] = pd.Categorical([str(c) for c in clusters])
     record = {"params": {"use_rep": use_rep, "labels_key": labels_key, "method": method,
                          "n_clusters": scores["n_clusters"], "seed": seed,
@@ -276,11 +287,139 @@ def cluster(adata, use_rep: str = "X_AE", *, labels_key: str | None = None, n_cl
     return scores
 
 
-def umap(adata, use_rep: str = "X_AE", *, seed: int = 0, key_added: str = "X_umap"):
-    """2-D UMAP (umap-learn) of `obsm[use_rep]` in the clustering space; writes obsm[key_added] (n_cells, 2)."""
+def umap(adata, use_rep: str = "X_AE", *, seed: int = 0, key_added: str = "umap"):
+    """2-D UMAP (umap-learn) of `obsm[use_rep]` in the clustering space.
+
+    Writes obsm["X_<key_added>"] (n_cells, 2) and uns[key_added] (its params); returns None.
+    """
+    _check_rep(adata, use_rep)
+    seed = SEED.check(seed)
+    adata.obsm[f"X_{key_added}"] = umap_coordinates(np.asarray(adata.obsm[use_rep]), seed)
+    adata.uns[key_added] = {"params": {"use_rep": use_rep, "seed": seed}}
+
+
+def _check_rep(adata, use_rep: str):
     if use_rep not in adata.obsm:
         fail("use_rep", f"adata has no obsm[{use_rep!r}] (obsm: {', '.join(adata.obsm) or 'none'})")
-    adata.obsm[key_added] = umap_coordinates(np.asarray(adata.obsm[use_rep]), SEED.check(seed))
 
 
-__all__ = ["ae", "sparse_ae", "stacked_ae", "vae", "nmf", "lsnmf", "lsi", "spectral", "cluster", "umap", "counts_of"]
+def _check_obs(adata, key: str, option: str):
+    if key not in adata.obs:
+        fail(option, f"adata has no obs column {key!r} (obs: {', '.join(adata.obs.columns) or 'none'})")
+
+
+def _graph_keys(key_added: str) -> tuple:
+    """scanpy's obsp keys of a neighbour graph: "distances" and "connectivities" under the default key."""
+    if key_added == "neighbors":
+        return "distances", "connectivities"
+    return f"{key_added}_distances", f"{key_added}_connectivities"
+
+
+def neighbors(adata, use_rep: str = "X_AE", *, n_neighbors: int = 15, seed: int = 0, key_added: str = "neighbors"):
+    """The cells' nearest-neighbour graph in the clustering space of `obsm[use_rep]`, stored as scanpy stores its own.
+
+    Exact neighbours, weighted by UMAP's fuzzy simplicial set as scanpy.pp.neighbors weighs them (the graph
+    tl.leiden and tl.cluster's Leiden and spectral clustering cut). Writes obsp["distances"] and
+    obsp["connectivities"] (CSR, n_cells x n_cells; "<key_added>_distances" and "<key_added>_connectivities" under
+    another key_added) and uns[key_added] with their keys and the params (scanpy's layout: its tl.leiden reads the
+    graph through uns[neighbors_key]["connectivities_key"]); returns None.
+    """
+    from .evaluate import cluster_space, neighbors as neighbor_matrices
+
+    _check_rep(adata, use_rep)
+    seed = SEED.check(seed)
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 2:
+        fail("n_neighbors", f"must be an integer >= 2 (the cell itself counted, as scanpy), got {n_neighbors!r}")
+    distances, connectivities = neighbor_matrices(cluster_space(np.asarray(adata.obsm[use_rep])), int(n_neighbors), seed)
+    distances_key, connectivities_key = _graph_keys(key_added)
+    adata.obsp[distances_key], adata.obsp[connectivities_key] = distances, connectivities
+    adata.uns[key_added] = {"distances_key": distances_key, "connectivities_key": connectivities_key,
+                            "params": {"n_neighbors": int(n_neighbors), "method": "umap", "metric": "euclidean",
+                                       "use_rep": use_rep, "random_state": seed}}
+
+
+def kmeans(adata, use_rep: str = "X_AE", n_clusters: int = 8, *, seed: int = 0, n_init: int = 10,
+           key_added: str = "kmeans"):
+    """K-means of `obsm[use_rep]` in the clustering space (each feature centred, each cell L2-normalized), the
+    clustering every method is scored with by default. Writes obs[key_added] (categorical cluster ids) and
+    uns[key_added] (params); returns None."""
+    from .evaluate import cluster_space, kmeans as fit_kmeans
+
+    _check_rep(adata, use_rep)
+    n_clusters, seed, n_init = N_CLUSTERS.check(n_clusters), SEED.check(seed), N_INIT.check(n_init)
+    clusters = fit_kmeans(cluster_space(np.asarray(adata.obsm[use_rep])), n_clusters, seed, n_init=n_init)
+    _write_clusters(adata, clusters, key_added, {"use_rep": use_rep, "n_clusters": n_clusters, "seed": seed,
+                                                 "n_init": n_init})
+
+
+def _stored_graph(adata, neighbors_key: str, use_rep: str | None = None):
+    """The connectivities (CSR) tl.neighbors or scanpy stored under `neighbors_key`, checked to be of `use_rep`."""
+    record = adata.uns.get(neighbors_key)
+    key = record.get("connectivities_key") if isinstance(record, dict) else None
+    if key is None or key not in adata.obsp:
+        fail("neighbors_key", f"adata has no neighbour graph under {neighbors_key!r}: run scatac.tl.neighbors first")
+    built_on = record.get("params", {}).get("use_rep")
+    if use_rep is not None and built_on is not None and built_on != use_rep:
+        fail("neighbors_key", f"the graph under {neighbors_key!r} was built on {built_on!r}, not on {use_rep!r}")
+    return sp.csr_matrix(adata.obsp[key])
+
+
+def leiden(adata, resolution: float | None = 1.0, *, n_clusters: int | None = None, neighbors_key: str = "neighbors",
+           seed: int = 0, key_added: str = "leiden"):
+    """Leiden (igraph, modularity) on the graph tl.neighbors (or scanpy.pp.neighbors) stored under `neighbors_key`.
+
+    At `resolution`; or, with `n_clusters` (and resolution None), the resolution bisected until Leiden gives that
+    many clusters. Writes obs[key_added] (categorical cluster ids) and uns[key_added] (params, the resolution
+    used); returns None.
+    """
+    from .evaluate import as_igraph, leiden as fit_leiden
+
+    connectivities = _stored_graph(adata, neighbors_key)
+    n_clusters, seed, resolution = N_CLUSTERS.check(n_clusters), SEED.check(seed), RESOLUTION.check(resolution)
+    if resolution is None and n_clusters is None:
+        fail("resolution", "give a resolution, or n_clusters to bisect the resolution to")
+    clusters, used = fit_leiden(None, n_clusters if resolution is None else None, seed, resolution,
+                                graph=as_igraph(connectivities))
+    _write_clusters(adata, clusters, key_added, {"neighbors_key": neighbors_key, "resolution": float(used),
+                                                 "seed": seed})
+
+
+def _write_clusters(adata, clusters, key_added: str, params: dict):
+    import pandas as pd
+
+    adata.obs[key_added] = pd.Categorical([str(c) for c in clusters])
+    adata.uns[key_added] = _storable({"params": {**params, "n_clusters": int(len(np.unique(clusters)))}})
+
+
+def score(adata, cluster_key: str, labels_key: str = "label", *, use_rep: str | None = None, seed: int = 0) -> dict:
+    """Scores of any clustering in obs[cluster_key] (this package's, scanpy's Leiden, a user's own) against the
+    labels in obs[labels_key].
+
+    Returns a dict: ARI, NMI, macro F1 and accuracy after the optimal one-to-one matching of clusters to
+    labels, n_clusters, and with `use_rep` the silhouette of the clusters in that representation's clustering
+    space (on at most 10,000 cells) and knn_purity, the share of each cell's 14 nearest neighbours there that
+    share its label. Writes nothing: a score, like scikit-learn's metrics, is returned to the caller.
+    """
+    from .evaluate import cluster_space, knn_purity, score_clusters
+
+    _check_obs(adata, cluster_key, "cluster_key")
+    _check_obs(adata, labels_key, "labels_key")
+    seed = SEED.check(seed)
+    labels = adata.obs[labels_key].astype(str).to_numpy()
+    clusters = adata.obs[cluster_key].astype(str).to_numpy()
+    # score_clusters reads cluster ids as integers: number the clusters in order of first appearance
+    _, ids = np.unique(clusters, return_inverse=True)
+    if use_rep is None:
+        scores = score_clusters(np.zeros((len(ids), 1), dtype=np.float32), ids, labels, seed)
+        scores.pop("silhouette", None)
+    else:
+        _check_rep(adata, use_rep)
+        features = cluster_space(np.asarray(adata.obsm[use_rep]))
+        scores = score_clusters(features, ids, labels, seed)
+        scores["knn_purity"] = knn_purity(features, labels)
+    scores["n_clusters"] = int(len(np.unique(ids)))
+    return scores
+
+
+__all__ = ["ae", "sparse_ae", "stacked_ae", "vae", "nmf", "lsnmf", "lsi", "spectral", "neighbors", "kmeans", "leiden",
+           "cluster", "score", "umap", "counts_of"]

@@ -56,7 +56,8 @@ def test_every_method_writes_its_keys_and_the_result_saves(demo_adata, tmp_path)
     assert adata.varm["NMF_loadings"].shape == (adata.n_vars, 4) and adata.varm["LSNMF_loadings"].min() >= 0
     scores = scatac.tl.cluster(adata, use_rep="X_NMF", labels_key="label", key_added="NMF_cluster")
     assert scores["ARI"] > 0.5 and adata.uns["NMF_cluster"]["confusion"].to_numpy().sum() == adata.n_obs
-    scatac.tl.umap(adata, use_rep="X_NMF", key_added="X_umap_nmf")
+    scatac.tl.umap(adata, use_rep="X_NMF", key_added="umap_nmf")
+    assert adata.obsm["X_umap_nmf"].shape == (adata.n_obs, 2)
     adata.write_h5ad(tmp_path / "all.h5ad")  # what a notebook user does next: every uns entry must be storable
     back = anndata.read_h5ad(tmp_path / "all.h5ad")
     np.testing.assert_array_equal(back.obsm["X_AE"], adata.obsm["X_AE"])
