@@ -3,9 +3,11 @@
 TrainData holds what a model sees of every cell (the transformed input, a depth offset); Batch is
 one mini-batch of it, moved to the device: the input as SparseRows (CPU, CUDA) that the first
 layer multiplies without densifying, the binary target read off the input's sparsity pattern.
+A BatchSource hands the training loop an epoch's batches: InMemoryBatches shuffles TrainData's rows.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,3 +148,60 @@ def draw_neighbors(rows: np.ndarray, neighbors: np.ndarray, rng: np.random.Gener
     if allowed is not None:
         picked = np.where(allowed[picked], picked, rows)
     return picked
+
+
+class BatchSource:
+    """What the training loop asks for each epoch's mini-batches (train.Trainer.train): an in-memory shuffle here,
+    a streamed or sharded reader elsewhere, without the loop knowing which.
+
+    `epoch(epoch)` yields (batch, neighbor_batch) pairs: a Batch of the cells to train on, and a Batch of one
+    reference neighbour of each of its cells (same length, same order) for the neighbour term, or None where
+    the step has no such term. n_cells: the cells an epoch covers; batches_per_epoch: the pairs a full epoch
+    yields (what the timing records scale by).
+    """
+
+    n_cells: int = 0
+    batches_per_epoch: int = 0
+
+    def epoch(self, epoch: int):
+        raise NotImplementedError
+
+
+class InMemoryBatches(BatchSource):
+    """Shuffled mini-batches of TrainData's rows, every epoch a new permutation of `rows`.
+
+    rows: (n,) int64 cells to train on, e.g. early stopping's training cells (None: every cell).
+    neighbors: (n_cells, k) reference neighbours to pair each cell with (TrainData.neighbors), or None.
+    max_batches: yield only the first N pairs of an epoch (bench/scale.py's time per batch).
+    One generator, default_rng(seed), draws each epoch's permutation and then, step by step, the
+    neighbours: the order a seed's runs depend on.
+    """
+
+    def __init__(self, data: TrainData, batch_size: int, device, seed: int, rows: np.ndarray | None = None,
+                 neighbors: np.ndarray | None = None, max_batches: int | None = None):
+        self.data, self.batch_size, self.device = data, batch_size, device
+        self.rows, self.max_batches = rows, max_batches
+        self.rng = np.random.default_rng(seed)
+        self.n_cells = data.n_cells if rows is None else len(rows)
+        self.batches_per_epoch = math.ceil(self.n_cells / batch_size)
+        self.neighbors = neighbors if neighbors is not None and neighbors.shape[1] > 0 else None
+        self.allowed = None  # outside `rows`: cells no step may see, not even as a neighbour
+        if self.neighbors is not None and rows is not None:
+            self.allowed = np.zeros(data.n_cells, dtype=bool)
+            self.allowed[rows] = True
+
+    def epoch(self, epoch: int):
+        import torch.profiler
+
+        for index, positions in enumerate(iterate_batches(self.n_cells, self.batch_size, self.rng)):
+            # stopped before the neighbour draw: a skipped step must not move the generator
+            if self.max_batches is not None and index >= self.max_batches:
+                return
+            rows = positions if self.rows is None else self.rows[positions]
+            with torch.profiler.record_function("assemble_batch"):  # named in bench/scale.py --profile
+                batch = Batch(self.data, rows, self.device)
+            neighbor_batch = None
+            if self.neighbors is not None and len(rows) > 1:  # a single cell has no pairs to compare with
+                partners = draw_neighbors(rows, self.neighbors, self.rng, self.allowed)
+                neighbor_batch = Batch(self.data, partners, self.device)
+            yield batch, neighbor_batch
