@@ -241,12 +241,12 @@ def build_parser():
     group.add_argument("--debug", action="store_true", help="print the traceback of a method that fails")
     group = parser.add_argument_group("epochs per method (defaults chosen by measurement; see README)")
     for method in methods.NEURAL:
-        defaults = [method.options[name].default for name in method.epochs]
-        several = len(method.epochs) > 1
-        group.add_argument(epochs_flag(method), type=int, nargs=len(method.epochs) if several else None,
+        defaults = [method.options[name].default for name in method.epoch_options]
+        several = len(method.epoch_options) > 1
+        group.add_argument(epochs_flag(method), type=int, nargs=len(method.epoch_options) if several else None,
                            default=defaults if several else defaults[0],
-                           metavar=tuple(n.split("_")[0].upper() for n in method.epochs) if several else None,
-                           help=f"{method.name} {' and '.join(method.epochs)} (default {' '.join(map(str, defaults))})")
+                           metavar=tuple(n.split("_")[0].upper() for n in method.epoch_options) if several else None,
+                           help=f"{method.name} {' and '.join(method.epoch_options)} (default {' '.join(map(str, defaults))})")
     for method in methods.FACTORIZATIONS:
         default = method.options["max_iter"].default
         group.add_argument(max_iter_flag(method), type=int, default=default, help=f"{method.name} iterations (default {default})")
@@ -262,7 +262,7 @@ def options_from_args(args) -> dict:
     options = {}
     for method in methods.NEURAL:
         values = getattr(args, epochs_flag(method)[2:].replace("-", "_"))
-        given = dict(zip(method.epochs, values if isinstance(values, list) else [values]))
+        given = dict(zip(method.epoch_options, values if isinstance(values, list) else [values]))
         if args.transform is not None:
             given["transform"] = args.transform
         options[method.name] = method.options.resolve(given, where=epochs_flag(method),

@@ -33,9 +33,9 @@ def epochs_options(text: str) -> dict:
         name, _, value = item.partition("=")
         method = methods.ALL[methods.parse_names(name, [m.name for m in methods.NEURAL], where="--epochs")[0]]
         values = [int(v) for v in value.split(":")]
-        if len(values) != len(method.epochs):
-            fail("--epochs", f"{method.name} takes {len(method.epochs)} value(s) ({':'.join(method.epochs)}), got {value!r}")
-        options[method.name] = dict(zip(method.epochs, values))
+        if len(values) != len(method.epoch_options):
+            fail("--epochs", f"{method.name} takes {len(method.epoch_options)} value(s) ({':'.join(method.epoch_options)}), got {value!r}")
+        options[method.name] = dict(zip(method.epoch_options, values))
     return options
 
 

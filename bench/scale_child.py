@@ -147,12 +147,12 @@ def child(spec: dict) -> dict:
     options = {}
     if method in methods.ALL and methods.ALL[method].kind == "neural":
         card = methods.ALL[method]
-        options = {name: spec["epochs"] for name in card.epochs} if spec["epochs"] else {}
+        options = {name: spec["epochs"] for name in card.epoch_options} if spec["epochs"] else {}
         options.update({"batch_size": spec["batch_size"]} if spec.get("batch_size") else {})
         options.update({"decoder": spec["decoder"], "negatives": spec["negatives"]})
         if spec["epochs"] and not spec.get("batch_size") and spec["decoder"] == "sampled":
             # timing a few epochs: train on the batch a run at the method's own epochs would use
-            longest = max(card.options[name].default for name in card.epochs)
+            longest = max(card.options[name].default for name in card.epoch_options)
             options["batch_size"] = auto_batch_size(adata.n_obs, longest, sampled=True)
         options["trainer"] = trainer
     elif method in ("NMF", "LSNMF"):

@@ -40,11 +40,11 @@ def method_parser(method: Method) -> ArgumentParser:
     """<epochs...> <data> <outdir> <latent_dim> [labels], then the method's options and the run's, by group."""
     parser = ArgumentParser(prog=f"{method.name}.py", description=method.summary,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in method.epochs:
+    for name in method.epoch_options:
         parser.add_argument(name, type=int, help=method.options[name].help)
     add_data_arguments(parser)
     groups = {}
-    method.options.add_arguments(parser, groups, skip=method.epochs)
+    method.options.add_arguments(parser, groups, skip=method.epoch_options)
     RUN.add_arguments(parser, groups)
     return parser
 
@@ -57,7 +57,7 @@ def checked_arguments(method: Method, argv=None) -> tuple[dict, dict]:
     """
     args = vars(method_parser(method).parse_args(argv))
     options = method.options.resolve({name: args[name] for name in method.options.params}, where=method.name,
-                                     label=lambda p: p.name if p.name in method.epochs else p.flag)
+                                     label=lambda p: p.name if p.name in method.epoch_options else p.flag)
     settings = {**args, **options, **RUN.resolve({name: args[name] for name in RUN.params}, label=lambda p: p.flag)}
     settings["latent_dim"] = LATENT_DIM.check(args["latent_dim"], "latent_dim")
     return settings, options
@@ -74,7 +74,7 @@ def run_cli(main: Callable, *args):
     try:
         return main(*args)
     except InputError as exc:
-        print(f"error: {exc.file}: {exc.problem}", file=sys.stderr)
+        print(f"error: {exc.where}: {exc.problem}", file=sys.stderr)
         sys.exit(2)
     except TrainingFailed as exc:
         print(f"error: training: {exc}", file=sys.stderr)
@@ -93,7 +93,7 @@ def option_overrides(method: Method, argv) -> dict:
     """The method's options among `argv` (flags of other methods ignored), checked: {name: value} of those given."""
     not_given = object()
     parser = argparse.ArgumentParser(add_help=False)
-    method.options.add_arguments(parser, {}, skip=method.epochs)
+    method.options.add_arguments(parser, {}, skip=method.epoch_options)
     parser.set_defaults(**{p.name: not_given for p in method.options})
     given = vars(parser.parse_known_args(list(argv))[0])
     return {name: method.options[name].check(value, method.options[name].flag) for name, value in given.items()

@@ -11,15 +11,15 @@ from typing import NoReturn
 
 
 class InputError(ValueError):
-    """A problem with what the user gave: `file` names the file, option or parameter, `problem` says what is wrong.
+    """A problem with what the user gave: `where` names the file, option or parameter, `problem` says what is wrong.
 
     A ValueError, as scikit-learn's InvalidParameterError is, so notebook code can catch either.
     """
 
-    def __init__(self, file, problem: str):
-        self.file = str(file)
+    def __init__(self, where, problem: str):
+        self.where = str(where)
         self.problem = problem
-        super().__init__(f"{self.file}: {problem}")
+        super().__init__(f"{self.where}: {problem}")
 
 
 class Terminated(BaseException):
@@ -31,8 +31,8 @@ class TrainingFailed(RuntimeError):
     """A loss turned NaN or infinite, or a model gave non-finite features."""
 
 
-def fail(file, problem: str) -> NoReturn:
-    raise InputError(file, problem)
+def fail(where, problem: str) -> NoReturn:
+    raise InputError(where, problem)
 
 
 def info(message: str):

@@ -17,7 +17,8 @@ from .params import (BATCH_SIZE, DECODER, DROPOUT, EARLY_STOPPING, EPOCHS, HIDDE
 @dataclass(frozen=True)
 class Method:
     """name: the script's name, the features' column prefix and the key of its results (obsm["X_<name>"]).
-    epochs: options the command line takes as leading positional arguments, in order.
+    epoch_options: the names of the options the command line takes as leading positional arguments, in order
+    (the passes over the data: one, or StackedAE's pretraining and fine-tuning).
     sized_by_clusters: options whose None means "as many as the clusters of the run" (the VAE's
     mixture), which a script fills in from --n-clusters or the labels.
     kind: "neural" (trained by scatac.train) or "factorization".
@@ -26,7 +27,7 @@ class Method:
     name: str
     summary: str
     options: Options
-    epochs: tuple = ()
+    epoch_options: tuple = ()
     sized_by_clusters: tuple = ()
     kind: str = "neural"
 
@@ -48,7 +49,7 @@ AE = Method(
     Options(EPOCHS.but(help="passes over the data (the original suite counted mini-batches under this name)"))
     + _network((512, 128), 0.8, "dropout on the input peaks, a denoising autoencoder (default 0.8: measured best, see README)")
     + TRAINING,
-    epochs=("epochs",),
+    epoch_options=("epochs",),
 )
 
 # rho 0.05 (near the original's 0.03) left ~0.5 of latent_dim=10 units on per cell: near one-hot codes that
@@ -64,7 +65,7 @@ SPARSE_AE = Method(
         Param("sparsity_weight", float, 3.0, "beta: weight of the KL sparsity penalty; 0 turns it off (default 3)", low=0),
     )
     + TRAINING,
-    epochs=("epochs",),
+    epoch_options=("epochs",),
 )
 
 STACKED_AE = Method(
@@ -75,7 +76,7 @@ STACKED_AE = Method(
     + _network((512, 128), 0.8, "dropout on the input peaks, denoising as AE (default 0.8: ARI 0.60 vs 0.54 on hemato600)",
                "hidden layer sizes of the stack, input side first; the last layer is latent_dim (default 512 128)")
     + TRAINING,
-    epochs=("pretrain_epochs", "finetune_epochs"),
+    epoch_options=("pretrain_epochs", "finetune_epochs"),
 )
 
 VAE = Method(
@@ -93,7 +94,7 @@ VAE = Method(
     # One hidden layer and moderate input dropout: with 512 128 the posterior collapsed on some seeds (schep600 ARI 0.16)
     + _network((256,), 0.5)
     + TRAINING,
-    epochs=("epochs",),
+    epoch_options=("epochs",),
     sized_by_clusters=("n_components",),
 )
 

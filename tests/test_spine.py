@@ -160,7 +160,7 @@ def test_missing_barcodes_are_counted(tmp_path):
     path.write_text("a\tT1\nb\tT2\n")
     with pytest.raises(scatac.InputError) as raised:
         io.read_labels(["a", "b", "c", "d"], path)
-    assert raised.value.file == str(path)
+    assert raised.value.where == str(path)
     assert "2 of 4 barcodes" in raised.value.problem
 
 

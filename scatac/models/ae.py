@@ -29,17 +29,18 @@ class AutoEncoder(nn.Module):
         self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_peaks], dropout=dropout, peak_output=True)
 
     def encode(self, x):
-        return self.encoder(self.input_dropout(x))
-
-    def decode(self, latent, depth):
-        return self.decoder(latent) + depth
+        """The code of a (batch, n_peaks) input: (batch, latent_dim)."""
+        return self.encoder(x)
 
     def embed(self, batch):
-        """The features: the code without input dropout."""
-        return self.encoder(batch.x)
+        """The features: the code of the clean input (no input dropout)."""
+        return self.encode(batch.x)
 
     def loss(self, batch, epoch=None):
-        return {"loss": reconstruction_nll(self.decoder, self.encode(batch.x), batch)}
+        # denoising: the code of the input with peaks dropped must rebuild all of the cell's open peaks;
+        # the decoder's output layer adds each cell's depth offset (nn.PeakOutput)
+        latent = self.encode(self.input_dropout(batch.x))
+        return {"loss": reconstruction_nll(self.decoder, latent, batch)}
 
 
 def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed: int) -> Fitted:
