@@ -41,8 +41,16 @@ def _network(hidden_dims, input_dropout, input_dropout_help=None, hidden_help=No
     )
 
 
-TRAINING = Options(BATCH_SIZE, LR, DECODER, NEGATIVES, NEIGHBOR_WEIGHT, TRANSFORM, EARLY_STOPPING, PATIENCE,
-                   VALIDATION_FRACTION)
+def _training(neighbor_weight: float = NEIGHBOR_WEIGHT.default) -> Options:
+    """The training options every autoencoder has; the neighbour term's default is the card's own (README,
+    "Why cerebellum801 broke the methods": it is off where it cost a set more than one sd)."""
+    return Options(BATCH_SIZE, LR, DECODER, NEGATIVES,
+                   NEIGHBOR_WEIGHT.but(default=neighbor_weight, help=NEIGHBOR_WEIGHT.help.replace(
+                       "(default 0.1)", f"(default {neighbor_weight:g})")),
+                   TRANSFORM, EARLY_STOPPING, PATIENCE, VALIDATION_FRACTION)
+
+
+TRAINING = _training()
 
 AE = Method(
     "AE", "Plain autoencoder: features of scATAC-seq cells, UMAP, K-means clusters and scores.",
@@ -64,7 +72,7 @@ SPARSE_AE = Method(
               low=0, high=1, low_open=True, high_open=True),
         Param("sparsity_weight", float, 3.0, "beta: weight of the KL sparsity penalty; 0 turns it off (default 3)", low=0),
     )
-    + TRAINING,
+    + _training(neighbor_weight=0.0),
     epoch_options=("epochs",),
 )
 
@@ -75,7 +83,7 @@ STACKED_AE = Method(
             EPOCHS.but(name="finetune_epochs", default=20, help="passes over the data for fine-tuning the whole stack"))
     + _network((512, 128), 0.8, "dropout on the input peaks, denoising as AE (default 0.8: ARI 0.60 vs 0.54 on hemato600)",
                "hidden layer sizes of the stack, input side first; the last layer is latent_dim (default 512 128)")
-    + TRAINING,
+    + _training(neighbor_weight=0.0),
     epoch_options=("pretrain_epochs", "finetune_epochs"),
 )
 
