@@ -93,6 +93,20 @@ class TrainData:
     def n_peaks(self):
         return self.inputs.shape[1]
 
+    @property
+    def nnz(self) -> int:
+        """Stored values of the input: the open peaks of every cell together."""
+        return self.inputs.nnz
+
+    def open_fraction(self) -> np.ndarray:
+        """(n_peaks,) float64: the share of cells in which each peak is open (what the sampled decoder draws by)."""
+        return np.bincount(self.inputs.indices, minlength=self.n_peaks) / max(self.n_cells, 1)
+
+    def batch(self, rows: np.ndarray, device) -> "Batch":
+        """The cells `rows` (any order) as one Batch on `device`: what the training loop, its callbacks and the
+        encoder ask of any cell data (an on-disk store's gives the same)."""
+        return Batch(self, rows, device)
+
 
 def sparse_batches_supported(device) -> bool:
     # embedding_bag with per-sample weights runs on CPU and CUDA; Apple's MPS gets dense batches
@@ -199,9 +213,9 @@ class InMemoryBatches(BatchSource):
                 return
             rows = positions if self.rows is None else self.rows[positions]
             with torch.profiler.record_function("assemble_batch"):  # named in bench/scale.py --profile
-                batch = Batch(self.data, rows, self.device)
+                batch = self.data.batch(rows, self.device)
             neighbor_batch = None
             if self.neighbors is not None and len(rows) > 1:  # a single cell has no pairs to compare with
                 partners = draw_neighbors(rows, self.neighbors, self.rng, self.allowed)
-                neighbor_batch = Batch(self.data, partners, self.device)
+                neighbor_batch = self.data.batch(partners, self.device)
             yield batch, neighbor_batch

@@ -111,11 +111,22 @@ def _colors(column) -> list:
     return [to_hex(colors[name]) for name in column.cat.categories]
 
 
-def write_h5ad(path, adata, key: str, cluster_key: str, umap_key: str, labels_key: str | None, uns: dict):
+def write_h5ad(path, adata, key: str, *, cluster_key: str, umap_key: str, labels_key: str | None, uns: dict):
     """The kept cells with their counts in X, the features in obsm["X_<key>"], readable by scanpy.
 
     obs and var keep the input's own columns (an .h5ad's); var gains chrom, start and end where the peak names
-    parse; a factorization's peak loadings go to varm["<key>_loadings"]; label and cluster colours to uns."""
+    parse; a factorization's peak loadings go to varm["<key>_loadings"]; label and cluster colours to uns.
+
+    Parameters
+    ----------
+    path : the .h5ad to write (atomically).
+    adata : the run's AnnData (counts in X, CSR).
+    key : the fit's key: its features are obsm["X_<key>"].
+    cluster_key : the obs column of the clusters (written as obs["cluster"]).
+    umap_key : the obsm entry of the UMAP, written as obsm["X_umap"] when present.
+    labels_key : the obs column of the labels (written as obs["label"]), or None.
+    uns : the run's record, written as uns["scatac_suite"] (None as '', lists as arrays, bools as ints).
+    """
     import anndata
     import pandas as pd
 
@@ -190,9 +201,9 @@ def write_results(folder, adata, key: str, *, cluster_key: str = "cluster", umap
 
     filter_summary = adata.uns.get("scatac", {}).get("filter", {})
     started = time.perf_counter()
-    write_h5ad(folder / "result.h5ad", adata, key, cluster_key, umap_key, labels_key,
-               {"method": fit["method"], "scores": {k: float(v) for k, v in scores.items()},
-                "settings": json.loads(json.dumps(settings, default=str)), "filter": filter_summary, **extras})
+    write_h5ad(folder / "result.h5ad", adata, key, cluster_key=cluster_key, umap_key=umap_key, labels_key=labels_key,
+               uns={"method": fit["method"], "scores": {k: float(v) for k, v in scores.items()},
+                    "settings": json.loads(json.dumps(settings, default=str)), "filter": filter_summary, **extras})
     seconds["h5ad_s"] = time.perf_counter() - started
     run = {"method": fit["method"], "settings": settings, "filter": filter_summary, "scores": scores,
            "seconds": {k: round(v, 3) for k, v in seconds.items()}, "versions": package_versions(),

@@ -3,15 +3,40 @@
 A card imports nothing heavy, so a script's --help and its option errors answer at once; the
 model code (torch) is imported only when scatac.tl fits the method. The epochs defaults are the
 recommended ones, chosen by measurement on ../shared/data (README, "Measured quality").
+
+Each option has one default, the card's: an autoencoder's card resolves a run's options (Method.resolve) into
+frozen RunOptions, the keyword arguments of its model class (which keeps no defaults of its own), the
+training loop's TrainConfig and its fit's own schedule, and nothing below the card defaults them again.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
 
 from .errors import fail
 from .factorization import LSNMF_OPTIONS, NMF_OPTIONS
 from .params import (BATCH_SIZE, DECODER, DROPOUT, EARLY_STOPPING, EPOCHS, HIDDEN_DIMS, INPUT_DROPOUT, LR, NEGATIVES,
                      NEIGHBOR_WEIGHT, PATIENCE, TRANSFORM, VALIDATION_FRACTION, WEIGHT_DECAY, Options, Param)
+from .train import TrainConfig
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """One run of an autoencoder's options, checked, each defaulted by its card, and split by who takes them
+    (all read-only):
+
+    options: every option by name (what the run records as its params);
+    network: the keyword arguments of the method's model class (Method.network);
+    training: the training loop's TrainConfig;
+    schedule: the keyword arguments of the method's fit beyond those (Method.schedule: StackedAE's
+        pretrain_epochs, the VAE's kl_warmup).
+    """
+
+    options: Mapping
+    network: Mapping
+    training: TrainConfig
+    schedule: Mapping
 
 
 @dataclass(frozen=True)
@@ -22,6 +47,10 @@ class Method:
     sized_by_clusters: options whose None means "as many as the clusters of the run" (the VAE's
     mixture), which a script fills in from --n-clusters or the labels.
     kind: "neural" (trained by scatac.train) or "factorization".
+    An autoencoder's card also says who takes its options (Method.resolve): network, the options that are its
+    model class's keyword arguments; schedule, those its fit takes by keyword besides the TrainConfig;
+    training_epochs, the option that is the TrainConfig's epochs. The rest are TrainConfig's fields, and the
+    input transform (scatac.tl reads it).
     """
 
     name: str
@@ -30,10 +59,38 @@ class Method:
     epoch_options: tuple = ()
     sized_by_clusters: tuple = ()
     kind: str = "neural"
+    network: tuple = ()
+    schedule: tuple = ()
+    training_epochs: str = "epochs"
+
+    def resolve(self, given: Mapping, where: str | None = None) -> RunOptions:
+        """An autoencoder's options for one run, as its model class, the training loop and its fit take them.
+
+        Parameters
+        ----------
+        given : option name -> value, each checked by its Param; the others take the card's defaults.
+        where : what an unknown option's InputError names (default: the method's name).
+
+        Returns
+        -------
+        RunOptions (frozen): every option, the network's arguments, the TrainConfig and the fit's schedule.
+        """
+        if self.kind != "neural":
+            raise TypeError(f"{self.name} is not trained by scatac.train: its options are {self.name}.options.resolve's")
+        options = self.options.resolve(given, where=where or self.name)
+
+        def taken(names):
+            return MappingProxyType({name: options[name] for name in names})
+
+        return RunOptions(MappingProxyType(options), taken(self.network),
+                          TrainConfig.from_options(options, epochs=options[self.training_epochs]), taken(self.schedule))
+
+
+NETWORK = ("hidden_dims", "input_dropout", "dropout")  # every autoencoder's network arguments (_network's)
 
 
 def _network(hidden_dims, input_dropout, input_dropout_help=None, hidden_help=None) -> Options:
-    """The options every autoencoder has, with its own defaults."""
+    """The options every autoencoder has, with its own defaults: NETWORK and Adam's weight decay."""
     return Options(
         HIDDEN_DIMS.but(default=tuple(hidden_dims), **({"help": hidden_help} if hidden_help else {})),
         INPUT_DROPOUT.but(default=input_dropout, **({"help": input_dropout_help} if input_dropout_help else {})),
@@ -58,6 +115,7 @@ AE = Method(
     + _network((512, 128), 0.8, "dropout on the input peaks, a denoising autoencoder (default 0.8: measured best, see README)")
     + TRAINING,
     epoch_options=("epochs",),
+    network=NETWORK,
 )
 
 # rho 0.05 (near the original's 0.03) left ~0.5 of latent_dim=10 units on per cell: near one-hot codes that
@@ -74,6 +132,7 @@ SPARSE_AE = Method(
     )
     + _training(neighbor_weight=0.0),
     epoch_options=("epochs",),
+    network=NETWORK + ("sparsity_target", "sparsity_weight"),
 )
 
 STACKED_AE = Method(
@@ -85,6 +144,9 @@ STACKED_AE = Method(
                "hidden layer sizes of the stack, input side first; the last layer is latent_dim (default 512 128)")
     + _training(neighbor_weight=0.0),
     epoch_options=("pretrain_epochs", "finetune_epochs"),
+    network=NETWORK,
+    schedule=("pretrain_epochs",),
+    training_epochs="finetune_epochs",
 )
 
 VAE = Method(
@@ -104,6 +166,8 @@ VAE = Method(
     + TRAINING,
     epoch_options=("epochs",),
     sized_by_clusters=("n_components",),
+    network=NETWORK + ("prior", "n_components"),
+    schedule=("kl_warmup",),
 )
 
 NMF = Method("NMF", "Non-negative matrix factorization (scikit-learn) of the cells x peaks matrix.", NMF_OPTIONS,

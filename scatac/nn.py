@@ -1,9 +1,10 @@
-"""The layers every autoencoder shares, and their reconstruction loss.
+"""The layers every autoencoder shares, and their losses: layers and losses only.
 
 PeakLinear reads a sparse mini-batch (batches.SparseRows) directly, PeakDropout drops only its
 stored values, mlp stacks layers. PeakOutput, a decoder's last layer, gives the Bernoulli
 likelihood of which peaks are open either from every peak's logit (full) or, with a PeakSampler,
-at what the open peaks cost (sampled).
+at what the open peaks cost (sampled); neighbor_ratio is the neighbour term. Which decoder a run
+uses, and how many peaks it samples, is run policy: scatac.train (decoder_for, configure_decoder).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batches import SparseRows, TrainData
+from .batches import SparseRows
 
 
 class PeakLinear(nn.Module):
@@ -181,38 +182,6 @@ class PeakSampler:
 def sampled_outputs(model: nn.Module) -> list:
     """The model's PeakOutput layers that estimate their loss from a sample of peaks."""
     return [m for m in model.modules() if isinstance(m, PeakOutput) and m.sampler is not None]
-
-
-def negatives_per_batch(negatives: str, data: TrainData) -> int:
-    """The `negatives` option as a number of peaks: a count ('2000'), or a ratio to the open peaks of a cell ('4x')."""
-    if negatives.endswith("x"):
-        return max(1, round(float(negatives[:-1]) * data.inputs.nnz / max(data.n_cells, 1)))
-    return int(negatives)
-
-
-# Below this many cells the sampled decoder lost ARI for the methods trained in few steps (3 seeds: hemato600 and
-# schep600 against hemato4k and a 2,000-cell subset of it; README "Scale"); the full decoder is cheap there anyway.
-SAMPLED_FROM_CELLS = 2000
-
-
-def decoder_for(data: TrainData, decoder: str, negatives: str) -> str:
-    """The decoder a fit uses: 'full' or 'sampled' as asked; 'auto' takes the sampled one from SAMPLED_FROM_CELLS
-    cells on, and only where a step computes fewer than half the logits of the full one (sparse data)."""
-    if decoder != "auto":
-        return decoder
-    logits_per_cell = data.inputs.nnz / max(data.n_cells, 1) + negatives_per_batch(negatives, data)
-    return "sampled" if data.n_cells >= SAMPLED_FROM_CELLS and 2 * logits_per_cell < data.n_peaks else "full"
-
-
-def configure_decoder(model: nn.Module, data: TrainData, options: dict, device):
-    """Give every PeakOutput of `model` a PeakSampler when options["decoder"] resolves to 'sampled' (decoder_for)."""
-    if decoder_for(data, options.get("decoder", "full"), options.get("negatives", "2x")) == "full":
-        return
-    open_fraction = np.bincount(data.inputs.indices, minlength=data.n_peaks) / max(data.n_cells, 1)
-    m = negatives_per_batch(options["negatives"], data)
-    for layer in model.modules():
-        if isinstance(layer, PeakOutput):
-            layer.sampler = PeakSampler(open_fraction, m, device=device)
 
 
 @contextlib.contextmanager

@@ -72,9 +72,20 @@ def _storable(value):
     return value
 
 
-def _fit_neural(method: methods.Method, fit, adata, latent_dim, layer, seed, device, key_added, progress, trainer,
-                options) -> object:
-    """Check every argument, then transform the counts, train and encode: what each autoencoder's function shares."""
+# each autoencoder's module under scatac.models, imported when it is fitted (it imports torch; the cards do not)
+MODEL_MODULES = {"AE": "ae", "SparseAE": "sparse_ae", "StackedAE": "stacked_ae", "VAE": "vae"}
+
+
+def _fit_neural(method: methods.Method, adata, latent_dim, *, layer, seed, device, key_added, progress, trainer,
+                options: dict) -> object:
+    """Check every argument, then transform the counts, train and encode: what each autoencoder's function shares.
+
+    The card resolves `options` (methods.Method.resolve) into the model's arguments, the TrainConfig and its fit's
+    schedule; the fit is the `fit` of the method's module (MODEL_MODULES). Writes obsm["X_<key_added>"] and
+    uns[key_added]; returns the trained model.
+    """
+    import importlib
+
     import pandas as pd
 
     from .batches import TrainData
@@ -82,28 +93,30 @@ def _fit_neural(method: methods.Method, fit, adata, latent_dim, layer, seed, dev
     from .runtime import select_device, set_seed
     from .train import Trainer
 
-    options = method.options.resolve(options, where=method.name)
+    run = method.resolve(options)
     seed, device = SEED.check(seed), DEVICE.check(device)
     latent_dim = LATENT_DIM.check(latent_dim)
     counts = counts_of(adata, layer)
     check_latent_size(latent_dim, *counts.shape, source=_source(adata))
+    fit = importlib.import_module(f"{__package__}.models.{MODEL_MODULES[method.name]}").fit
     trainer = trainer or Trainer(device=select_device(device), progress=progress)
     started = time.perf_counter()
     set_seed(seed)
-    data = TrainData.from_counts(counts, options["transform"])
-    if options["neighbor_weight"] > 0:
+    data = TrainData.from_counts(counts, run.options["transform"])
+    if run.training.neighbor_weight > 0:
         from .pp import reference_neighbors
 
         data.neighbors = reference_neighbors(counts, latent_dim, seed=seed)
     transform_s = time.perf_counter() - started
     started = time.perf_counter()
     first_call = len(trainer.calls)
-    fitted = fit(data, latent_dim, options, trainer, seed)
+    fitted = fit(data, latent_dim, run.network, run.training, trainer, seed, **run.schedule)
     calls = trainer.calls[first_call:]
     adata.obsm[f"X_{key_added}"] = fitted.features
     adata.uns[key_added] = _storable({
         "method": method.name,
-        "params": {"latent_dim": latent_dim, "seed": seed, "layer": layer, "device": str(trainer.device), **options},
+        "params": {"latent_dim": latent_dim, "seed": seed, "layer": layer, "device": str(trainer.device),
+                   **run.options},
         "decoder": "sampled" if fitted.model is not None and sampled_outputs(fitted.model) else "full",
         "batch_size": trainer.calls[-1]["batch_size"] if trainer.calls else None,
         # each training phase's epochs as run: fewer than asked where early stopping stopped it
@@ -123,9 +136,8 @@ def ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device: str = 
     Writes obsm["X_AE"] and uns["AE"] (key_added); returns the trained models.ae.AutoEncoder.
     `trainer` (a train.Trainer) overrides device and progress: compare.py and bench/scale.py pass theirs.
     """
-    from .models import ae as model
-
-    return _fit_neural(methods.AE, model.fit, adata, latent_dim, layer, seed, device, key_added, progress, trainer, options)
+    return _fit_neural(methods.AE, adata, latent_dim, layer=layer, seed=seed, device=device, key_added=key_added,
+                       progress=progress, trainer=trainer, options=options)
 
 
 @_documented(methods.SPARSE_AE)
@@ -135,10 +147,8 @@ def sparse_ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device:
 
     Writes obsm["X_SparseAE"] and uns["SparseAE"]; returns the trained models.sparse_ae.SparseAutoEncoder.
     """
-    from .models import sparse_ae as model
-
-    return _fit_neural(methods.SPARSE_AE, model.fit, adata, latent_dim, layer, seed, device, key_added, progress,
-                       trainer, options)
+    return _fit_neural(methods.SPARSE_AE, adata, latent_dim, layer=layer, seed=seed, device=device,
+                       key_added=key_added, progress=progress, trainer=trainer, options=options)
 
 
 @_documented(methods.STACKED_AE)
@@ -149,10 +159,8 @@ def stacked_ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device
     Writes obsm["X_StackedAE"] and uns["StackedAE"] (its loss marks each phase); returns the trained
     models.stacked_ae.StackedAutoEncoder.
     """
-    from .models import stacked_ae as model
-
-    return _fit_neural(methods.STACKED_AE, model.fit, adata, latent_dim, layer, seed, device, key_added, progress,
-                       trainer, options)
+    return _fit_neural(methods.STACKED_AE, adata, latent_dim, layer=layer, seed=seed, device=device,
+                       key_added=key_added, progress=progress, trainer=trainer, options=options)
 
 
 @_documented(methods.VAE)
@@ -164,13 +172,11 @@ def vae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device: str =
     number of components; n_components None here means 8); returns the trained
     models.vae.VariationalAutoEncoder.
     """
-    from .models import vae as model
-
-    return _fit_neural(methods.VAE, model.fit, adata, latent_dim, layer, seed, device, key_added, progress, trainer,
-                       options)
+    return _fit_neural(methods.VAE, adata, latent_dim, layer=layer, seed=seed, device=device, key_added=key_added,
+                       progress=progress, trainer=trainer, options=options)
 
 
-def _fit_factorization(method: methods.Method, fit, adata, latent_dim, layer, seed, key_added, options):
+def _fit_factorization(method: methods.Method, fit, adata, latent_dim, *, layer, seed, key_added, options):
     """Check every argument, then factorize: what NMF's and LSNMF's functions share."""
     options = method.options.resolve(options, where=method.name)
     seed = SEED.check(seed)
@@ -192,7 +198,8 @@ def nmf(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: st
     Writes obsm["X_NMF"] (cells x latent_dim, W: the rank is the latent dimension), varm["NMF_loadings"] (peaks x
     latent_dim, H transposed) and uns["NMF"]; returns None.
     """
-    _fit_factorization(methods.NMF, fit_nmf, adata, latent_dim, layer, seed, key_added, options)
+    _fit_factorization(methods.NMF, fit_nmf, adata, latent_dim, layer=layer, seed=seed, key_added=key_added,
+                       options=options)
 
 
 @_documented(methods.LSNMF)
@@ -202,7 +209,8 @@ def lsnmf(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: 
     Writes obsm["X_LSNMF"] (cells x latent_dim), varm["LSNMF_loadings"] (peaks x latent_dim) and uns["LSNMF"];
     returns None.
     """
-    _fit_factorization(methods.LSNMF, fit_lsnmf, adata, latent_dim, layer, seed, key_added, options)
+    _fit_factorization(methods.LSNMF, fit_lsnmf, adata, latent_dim, layer=layer, seed=seed, key_added=key_added,
+                       options=options)
 
 
 def lsi(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, transform: str = "tfidf",

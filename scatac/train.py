@@ -2,38 +2,63 @@
 
 A Trainer says where and how a model is trained; compare.py and bench/scale.py pass their own
 (progress bars that vanish, a limit on batches, the timing of each call) instead of changing
-module state.
+module state. What one run asks of the loop travels as one TrainConfig, resolved from the method's
+card (methods.Method.resolve): one default per option, the card's.
 
 Trainer.train is a short loop over the steps a BatchSource (batches.InMemoryBatches by default) yields; what
-happens around the steps lives in Callbacks, in the style of Lightning's hooks: FullLossReport (a sampled
-decoder's records), EarlyStopping, Timing (Trainer.calls), Progress (the bar) and EpochFunction.
+happens around the steps lives in Callbacks (scatac.callbacks, re-exported here), in the style of Lightning's
+hooks: FullLossReport (a sampled decoder's records), EarlyStopping, Timing (Trainer.calls), Progress (the bar)
+and EpochFunction.
+
+The run policy beside it: which decoder a run uses (decoder_for, configure_decoder: the full Bernoulli loss or
+nn.PeakSampler's estimate) and the batch size 'auto' picks (auto_batch_size).
 """
 from __future__ import annotations
 
-import math
-import sys
-import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, fields
+from typing import Callable, Mapping
 
 import numpy as np
 
-from .batches import Batch, BatchSource, InMemoryBatches, TrainData, iterate_batches
+from .batches import BatchSource, InMemoryBatches, TrainData, iterate_batches
+# the callbacks lived here before scatac.callbacks: `from scatac.train import Callback, EarlyStopping, ...` still works
+from .callbacks import (MIN_IMPROVEMENT, REPORT_CELLS, VALIDATION_MAX_CELLS, Callback, EarlyStopping, EpochFunction,  # noqa: F401
+                        FullLossReport, Progress, Timing, TrainState)
 from .errors import TrainingFailed
 from .runtime import keep_freed_memory, select_device
 
-
-REPORT_CELLS = 128  # cells on which a sampled decoder's run reports the full loss each epoch
-REPORT_BATCH = 64  # a (64, n_peaks) block at a time
-VALIDATION_MAX_CELLS = 2048  # early stopping's loss, with every peak's logit, on at most this many held-out cells
-MIN_IMPROVEMENT = 1e-4  # relative: a held-out loss this much below the best so far counts as better
+REPORT_BATCH = 64  # the full loss is taken on a (64, n_peaks) block at a time
 
 
-def early_stopping(options: dict) -> dict:
-    """Trainer.train's early-stopping arguments from a method's options (none when it is off)."""
-    if not options.get("early_stopping"):
-        return {}
-    return {"patience": options["patience"], "validation_fraction": options["validation_fraction"]}
+@dataclass(frozen=True)
+class TrainConfig:
+    """What one train() call asks of the loop, each value from the method's card (params.py declares the options,
+    methods.py gives each its default there); frozen, so a phase that trains otherwise says so with
+    dataclasses.replace (StackedAE's pretraining: its own epochs, no neighbour term, no early stopping).
+
+    epochs: passes over the data; batch_size: cells per step, or 'auto' (auto_batch_size); lr, weight_decay: Adam's;
+    decoder ('auto', 'full', 'sampled') and negatives (a count '2000' or a ratio '2x'): the likelihood's
+    (configure_decoder); neighbor_weight: the neighbour term's weight (0: off); early_stopping, with patience and
+    validation_fraction: hold that share of the cells out and stop once their loss has not improved for patience
+    epochs.
+    """
+
+    epochs: int
+    batch_size: int | str
+    lr: float
+    weight_decay: float
+    decoder: str
+    negatives: str
+    neighbor_weight: float
+    early_stopping: bool
+    patience: int
+    validation_fraction: float
+
+    @classmethod
+    def from_options(cls, options: Mapping, epochs: int) -> "TrainConfig":
+        """The config of a method's checked options (params.Options.resolve: every one present), training for
+        `epochs` (a card names its epochs option: StackedAE has two)."""
+        return cls(epochs=epochs, **{f.name: options[f.name] for f in fields(cls) if f.name != "epochs"})
 
 
 def held_out_cells(n_cells: int, fraction: float, seed: int) -> np.ndarray:
@@ -63,6 +88,41 @@ def auto_batch_size(n_cells: int, epochs: int, sampled: bool) -> int:
 MIN_STEPS = 400
 
 
+def negatives_per_batch(negatives: str, data: TrainData) -> int:
+    """The `negatives` option as a number of peaks: a count ('2000'), or a ratio to the open peaks of a cell ('4x')."""
+    if negatives.endswith("x"):
+        return max(1, round(float(negatives[:-1]) * data.nnz / max(data.n_cells, 1)))
+    return int(negatives)
+
+
+# Below this many cells the sampled decoder lost ARI for the methods trained in few steps (3 seeds: hemato600 and
+# schep600 against hemato4k and a 2,000-cell subset of it; README "Scale"); the full decoder is cheap there anyway.
+SAMPLED_FROM_CELLS = 2000
+
+
+def decoder_for(data: TrainData, decoder: str, negatives: str) -> str:
+    """The decoder a fit uses: 'full' or 'sampled' as asked; 'auto' takes the sampled one from SAMPLED_FROM_CELLS
+    cells on, and only where a step computes fewer than half the logits of the full one (sparse data)."""
+    if decoder != "auto":
+        return decoder
+    logits_per_cell = data.nnz / max(data.n_cells, 1) + negatives_per_batch(negatives, data)
+    return "sampled" if data.n_cells >= SAMPLED_FROM_CELLS and 2 * logits_per_cell < data.n_peaks else "full"
+
+
+def configure_decoder(model, data: TrainData, config: TrainConfig, device):
+    """Give every nn.PeakOutput of `model` an nn.PeakSampler (on `device`) when config.decoder resolves to
+    'sampled' (decoder_for); with 'full' the model keeps the full Bernoulli loss."""
+    if decoder_for(data, config.decoder, config.negatives) == "full":
+        return
+    from .nn import PeakOutput, PeakSampler
+
+    open_fraction = data.open_fraction()
+    m = negatives_per_batch(config.negatives, data)
+    for layer in model.modules():
+        if isinstance(layer, PeakOutput):
+            layer.sampler = PeakSampler(open_fraction, m, device=device)
+
+
 @dataclass
 class Fitted:
     """What a method's fit returns: features (n_cells, latent_dim) float32 in cell order, the trained
@@ -86,171 +146,6 @@ def make_adam(params, lr: float, weight_decay: float, device):
         except (RuntimeError, TypeError):
             pass
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-
-
-@dataclass
-class TrainState:
-    """One train() call as its callbacks see it.
-
-    batches: the BatchSource the loop draws from; epoch: the epoch under way (1-based, 0 before the first);
-    history: the records so far, one dict per epoch (the last one is the record on_epoch_end receives);
-    stopped_early: a callback's on_epoch_end asked the loop to stop (which may be at the last epoch).
-    """
-
-    trainer: "Trainer"
-    model: object
-    data: TrainData
-    loss_fn: Callable
-    phase: str
-    epochs: int
-    batch_size: int
-    batches: BatchSource
-    epoch: int = 0
-    history: list = field(default_factory=list)
-    stopped_early: bool = False
-
-
-class Callback:
-    """Hooks of the training loop, in the style of Lightning's: each does nothing unless overridden.
-
-    Per train() call: on_train_start, then per epoch on_epoch_start, on_batch_end after each optimizer step,
-    on_batches_end after the epoch's last step (before its record exists), on_epoch_end, and on_train_end
-    once the loop is done (not after an exception). A callback may be passed to several calls (the
-    StackedAE's phases): on_train_start is where it starts afresh.
-    """
-
-    def on_train_start(self, state: TrainState):
-        pass
-
-    def on_epoch_start(self, state: TrainState):
-        pass
-
-    def on_batch_end(self, state: TrainState, index: int, batch: Batch):
-        pass
-
-    def on_batches_end(self, state: TrainState):
-        pass
-
-    def on_epoch_end(self, state: TrainState, record: dict) -> bool | None:
-        """May change `record` in place (it is already in state.history); True stops training after this
-        epoch, once every callback has seen it."""
-
-    def on_train_end(self, state: TrainState):
-        pass
-
-
-class FullLossReport(Callback):
-    """A sampled decoder's loss is an estimate: each record's terms become the full loss on REPORT_CELLS fixed
-    cells (the same for a seed, within `training_rows` when some are held out), the estimate kept as
-    "sampled_loss". Runs in training mode, as the full decoder's records are taken."""
-
-    def __init__(self, n_cells: int, seed: int, training_rows: np.ndarray | None = None):
-        self.rows = np.sort(np.random.default_rng(seed).permutation(n_cells)[:REPORT_CELLS])
-        if training_rows is not None:
-            self.rows = np.intersect1d(self.rows, training_rows)
-
-    def on_epoch_end(self, state, record):
-        full = state.trainer.full_loss(state.model, state.data, self.rows, state.loss_fn, state.epoch)
-        sampled_loss = record["loss"]
-        # the estimate's own terms (the neighbour ratio among them) give way to the full loss's
-        record.clear()
-        record.update({"phase": state.phase, "epoch": state.epoch, **full, "sampled_loss": sampled_loss})
-
-
-class EarlyStopping(Callback):
-    """The held-out cells' loss (every peak's logit, the model in eval mode, on at most VALIDATION_MAX_CELLS
-    of `held_out`, (n_held,) sorted cell indices) is each record's "validation_loss"; training stops once
-    it has not improved by MIN_IMPROVEMENT of itself for `patience` epochs, not before `min_epochs` (the
-    VAE's KL warm-up, while the loss still changes meaning). The weights stay those of the last epoch,
-    as Keras's and Lightning's EarlyStopping leave them by default."""
-
-    def __init__(self, held_out: np.ndarray, patience: int, min_epochs: int = 0):
-        self.rows = held_out[:: max(1, math.ceil(len(held_out) / VALIDATION_MAX_CELLS))]
-        self.patience, self.min_epochs = patience, min_epochs
-
-    def on_train_start(self, state):
-        self.best, self.waited = math.inf, 0
-
-    def on_epoch_end(self, state, record):
-        state.model.eval()
-        record["validation_loss"] = state.trainer.full_loss(state.model, state.data, self.rows, state.loss_fn,
-                                                            state.epoch)["loss"]
-        if not math.isfinite(self.best) or record["validation_loss"] < self.best - MIN_IMPROVEMENT * abs(self.best):
-            self.best, self.waited = record["validation_loss"], 0
-        else:
-            self.waited += 1
-        return self.waited >= self.patience and state.epoch >= self.min_epochs
-
-
-class Timing(Callback):
-    """Appends one record per train() call to `calls` (Trainer.calls: what bench/scale.py and tl read): phase,
-    epochs, batch_size, n_cells and batches_per_epoch (of the batch source), epochs_trained, stopped_early
-    (only when a callback stopped it), seconds, and the seconds and number of the steps after each epoch's
-    first (which pays one-off costs): steady_seconds, steady_batches."""
-
-    def __init__(self, calls: list):
-        self.calls = calls
-
-    def on_train_start(self, state):
-        self.started = time.perf_counter()
-        self.call = {"phase": state.phase, "epochs": state.epochs, "batch_size": state.batch_size,
-                     "n_cells": state.batches.n_cells, "batches_per_epoch": state.batches.batches_per_epoch,
-                     "steady_batches": 0, "steady_seconds": 0.0, "epochs_trained": 0}
-
-    def on_epoch_start(self, state):
-        self.after_first, self.steady = None, 0
-
-    def on_batch_end(self, state, index, batch):
-        if index == 0:
-            self.after_first = time.perf_counter()
-        else:
-            self.steady += 1
-
-    def on_batches_end(self, state):
-        if self.steady:
-            self.call["steady_batches"] += self.steady
-            self.call["steady_seconds"] += time.perf_counter() - self.after_first
-
-    def on_epoch_end(self, state, record):
-        self.call["epochs_trained"] = state.epoch
-
-    def on_train_end(self, state):
-        if state.stopped_early:
-            self.call["stopped_early"] = True
-        self.call["seconds"] = time.perf_counter() - self.started
-        self.calls.append(self.call)
-
-
-class Progress(Callback):
-    """A tqdm bar of epochs per train() call, showing the last record's loss; `leave` False makes it vanish when
-    done (a bar under another bar), `enabled` False shows nothing."""
-
-    def __init__(self, enabled: bool = True, leave: bool = True):
-        self.enabled, self.leave = enabled, leave
-
-    def on_train_start(self, state):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=state.epochs, desc=state.phase, unit="epoch", disable=not self.enabled, file=sys.stderr,
-                        leave=self.leave)
-
-    def on_epoch_end(self, state, record):
-        self.bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}", refresh=False)
-        self.bar.update(1)
-
-    def on_train_end(self, state):
-        self.bar.close()
-
-
-class EpochFunction(Callback):
-    """`function(epoch, record)` after each epoch: train()'s epoch_callback (the VAE fits its mixture prior
-    with it when the KL warm-up ends)."""
-
-    def __init__(self, function: Callable):
-        self.function = function
-
-    def on_epoch_end(self, state, record):
-        self.function(state.epoch, record)
 
 
 def training_cells(n_cells: int, validation_fraction: float, seed: int) -> tuple:
@@ -290,51 +185,61 @@ class Trainer:
         return InMemoryBatches(data, batch_size, self.device, seed, training_rows,
                                data.neighbors if neighbor_weight > 0 else None, self.max_batches)
 
-    def train(self, model, data: TrainData, epochs: int, batch_size: int, lr: float, seed: int, *,
-              loss_fn: Callable | None = None, parameters=None, phase: str = "train", weight_decay: float = 0.0,
-              epoch_callback: Callable | None = None, patience: int | None = None, validation_fraction: float = 0.1,
-              min_epochs: int = 0, neighbor_weight: float = 0.0, callbacks: list = (),
-              batches: BatchSource | None = None) -> list:
-        """Adam over shuffled mini-batches for `epochs` passes; returns one record per epoch.
+    def train(self, model, data: TrainData, config: TrainConfig, seed: int, *, loss_fn: Callable | None = None,
+              parameters=None, phase: str = "train", epoch_callback: Callable | None = None, min_epochs: int = 0,
+              callbacks: list = (), batches: BatchSource | None = None) -> list:
+        """Adam over shuffled mini-batches for `config.epochs` passes; returns one record per epoch.
 
-        `loss_fn(model, batch, epoch)` returns a dict of scalar tensors whose "loss" entry is
-        minimized (the others are logged); default `model.loss(batch, epoch=epoch)`. `parameters`
-        limits what is trained (default: all of the model's). A record holds phase, epoch and the
-        batch-size-weighted mean of each term. `batch_size` "auto": auto_batch_size.
+        Parameters
+        ----------
+        model : torch.nn.Module with `loss(batch, epoch=...)` and `embed(batch)`.
+        data : the cells (TrainData, or any source of `data.batch(rows, device)`).
+        config : TrainConfig: epochs, batch_size ('auto': auto_batch_size), lr, weight_decay, the neighbour term's
+            weight and early stopping's patience and validation_fraction.
+        seed : the seed of the batches' order and of early stopping's held-out cells.
+        loss_fn : `loss_fn(model, batch, epoch)` returns a dict of scalar tensors whose "loss" entry is minimized
+            (the others are logged); default `model.loss(batch, epoch=epoch)`.
+        parameters : what is trained (default: all of the model's).
+        phase : the records' and Trainer.calls' name of this call.
+        epoch_callback : `epoch_callback(epoch, record)` after each epoch (EpochFunction).
+        min_epochs : early stopping stops no earlier (the VAE's KL warm-up, while the loss still changes meaning).
+        callbacks : Callbacks of this call, after the trainer's own and its `callbacks`.
+        batches : replaces the trainer's batch_source (the held-out split is then its own).
 
-        Early stopping, with `patience`: `validation_fraction` of the cells (held_out_cells) are left out of
-        training and watched by EarlyStopping (`min_epochs`). A sampled decoder's records report the full loss
-        (FullLossReport). `epoch_callback(epoch, record)` runs after each epoch; `callbacks` (Callback) after
-        the trainer's own. `batches` replaces the trainer's batch_source (the held-out split is then its own).
+        Returns
+        -------
+        list of dict: per epoch, phase, epoch and the batch-size-weighted mean of each term. A sampled decoder's
+        records report the full loss (FullLossReport); with config.early_stopping, config.validation_fraction of the
+        cells (held_out_cells) are left out of training and their loss is each record's "validation_loss"
+        (EarlyStopping).
 
-        Neighbour term, with `neighbor_weight` > 0 and `data.neighbors`: each cell of a batch is paired with one
+        Neighbour term, with config.neighbor_weight > 0 and `data.neighbors`: each cell of a batch is paired with one
         of its reference neighbours (batches.draw_neighbors); the features of both (`model.embed`, the
         neighbour's without a gradient: a fixed target) give the record's "neighbor" ratio
         (nn.neighbor_ratio), and the loss minimized becomes loss + neighbor_weight * ratio * loss, the
         last factor held fixed in the step: the term is weighed against the reconstruction's own size,
         which differs a hundredfold between data sets, so that one weight holds on all.
         """
-        import torch
+        from .nn import sampled_outputs
 
-        from .nn import neighbor_ratio, sampled_outputs
-
-        device = self.device
+        device, epochs, batch_size = self.device, config.epochs, config.batch_size
         if batch_size == "auto":
             batch_size = auto_batch_size(data.n_cells, epochs, bool(sampled_outputs(model)))
         if device.type == "cpu":
             keep_freed_memory()
         loss_fn = loss_fn or (lambda m, b, e: m.loss(b, epoch=e))
         params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
-        optimizer = make_adam(params, lr, weight_decay, device)
+        optimizer = make_adam(params, config.lr, config.weight_decay, device)
         training_rows = held_out = None
-        if patience is not None:
-            training_rows, held_out = training_cells(data.n_cells, validation_fraction, seed)
+        if config.early_stopping:
+            training_rows, held_out = training_cells(data.n_cells, config.validation_fraction, seed)
         if batches is None:
-            batches = self.batch_source(data, batch_size, seed, training_rows, neighbor_weight)
-        state = TrainState(self, model, data, loss_fn, phase, epochs, batch_size, batches)
+            batches = self.batch_source(data, batch_size, seed, training_rows, config.neighbor_weight)
+        state = TrainState(trainer=self, model=model, data=data, loss_fn=loss_fn, phase=phase, epochs=epochs,
+                           batch_size=batch_size, batches=batches)
         # in this order: the full loss replaces the record's terms before anything reads them
         callbacks = [*([FullLossReport(data.n_cells, seed, training_rows)] if sampled_outputs(model) else []),
-                     *([EarlyStopping(held_out, patience, min_epochs)] if patience is not None else []),
+                     *([EarlyStopping(held_out, config.patience, min_epochs)] if config.early_stopping else []),
                      Timing(self.calls), Progress(self.progress, self.leave_progress),
                      *([EpochFunction(epoch_callback)] if epoch_callback is not None else []),
                      *self.callbacks, *callbacks]
@@ -346,30 +251,10 @@ class Trainer:
             model.train()
             for callback in callbacks:
                 callback.on_epoch_start(state)
-            sums, seen = {}, 0
-            for index, (batch, neighbor_batch) in enumerate(batches.epoch(epoch)):
-                terms = loss_fn(model, batch, epoch)
-                loss = terms["loss"]
-                if neighbor_batch is not None:
-                    with torch.no_grad():  # a fixed target, as BYOL's: its backward pass would cost a third more
-                        neighbor_code = model.embed(neighbor_batch)
-                    terms = {**terms, "neighbor": neighbor_ratio(model.embed(batch), neighbor_code)}
-                    loss = loss + neighbor_weight * loss.detach() * terms["neighbor"]
-                # a check reads the loss back to the host: every step on CPU, where that is free; once
-                # an epoch on a GPU, whose steps then queue up without waiting (below)
-                if device.type != "cuda" and not torch.isfinite(loss):
-                    raise TrainingFailed(f"{phase}: loss became {loss.item()} at epoch {epoch}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                for key, value in terms.items():
-                    sums[key] = sums.get(key, 0.0) + value.detach().double() * len(batch.rows)
-                seen += len(batch.rows)
-                for callback in callbacks:
-                    callback.on_batch_end(state, index, batch)
+            terms = self.epoch_steps(state, optimizer, callbacks, config.neighbor_weight)
             for callback in callbacks:
                 callback.on_batches_end(state)
-            record = {"phase": phase, "epoch": epoch, **{k: float(v) / max(seen, 1) for k, v in sums.items()}}
+            record = {"phase": phase, "epoch": epoch, **terms}
             if not np.isfinite(record.get("loss", 0.0)):
                 raise TrainingFailed(f"{phase}: loss became {record['loss']} in epoch {epoch}")
             state.history.append(record)
@@ -380,6 +265,38 @@ class Trainer:
         for callback in callbacks:
             callback.on_train_end(state)
         return state.history
+
+    def epoch_steps(self, state: TrainState, optimizer, callbacks: list, neighbor_weight: float) -> dict:
+        """One epoch's optimizer steps, on the batches state.batches yields for state.epoch, each followed by the
+        callbacks' on_batch_end; returns each loss term's batch-size-weighted mean over the epoch (train()'s record,
+        where its neighbour term is explained)."""
+        import torch
+
+        from .nn import neighbor_ratio
+
+        model, loss_fn, epoch = state.model, state.loss_fn, state.epoch
+        sums, seen = {}, 0
+        for index, (batch, neighbor_batch) in enumerate(state.batches.epoch(epoch)):
+            terms = loss_fn(model, batch, epoch)
+            loss = terms["loss"]
+            if neighbor_batch is not None:
+                with torch.no_grad():  # a fixed target, as BYOL's: its backward pass would cost a third more
+                    neighbor_code = model.embed(neighbor_batch)
+                terms = {**terms, "neighbor": neighbor_ratio(model.embed(batch), neighbor_code)}
+                loss = loss + neighbor_weight * loss.detach() * terms["neighbor"]
+            # a check reads the loss back to the host: every step on CPU, where that is free; once
+            # an epoch on a GPU, whose steps then queue up without waiting (train())
+            if self.device.type != "cuda" and not torch.isfinite(loss):
+                raise TrainingFailed(f"{state.phase}: loss became {loss.item()} at epoch {epoch}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().double() * len(batch.rows)
+            seen += len(batch.rows)
+            for callback in callbacks:
+                callback.on_batch_end(state, index, batch)
+        return {k: float(v) / max(seen, 1) for k, v in sums.items()}
 
     def full_loss(self, model, data: TrainData, rows: np.ndarray, loss_fn: Callable, epoch: int) -> dict:
         """The loss terms with every peak's logit, on `rows`, in the model's current mode (training: as the full
@@ -393,7 +310,7 @@ class Trainer:
         with torch.no_grad(), full_decoder(model), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             for start in range(0, len(rows), REPORT_BATCH):
                 chunk = rows[start : start + REPORT_BATCH]
-                for key, value in loss_fn(model, Batch(data, chunk, self.device), epoch).items():
+                for key, value in loss_fn(model, data.batch(chunk, self.device), epoch).items():
                     sums[key] = sums.get(key, 0.0) + float(value) * len(chunk)
         return {k: v / len(rows) for k, v in sums.items()}
 
@@ -405,6 +322,6 @@ class Trainer:
         chunks = []
         with torch.no_grad():
             for rows in iterate_batches(data.n_cells, batch_size, None):
-                batch = Batch(data, rows, self.device)
+                batch = data.batch(rows, self.device)
                 chunks.append(model.embed(batch).detach().float().cpu().numpy())
         return np.concatenate(chunks, axis=0).astype(np.float32)

@@ -54,6 +54,13 @@ def train_data(adata, transform: str = "tfidf"):
     return TrainData.from_counts(adata.X, transform)
 
 
+def resolved(method: str, **given):
+    """A method's RunOptions (network, training, schedule): its card's defaults, `given` in their place."""
+    from scatac import methods
+
+    return methods.ALL[method].resolve(given)
+
+
 def cpu_trainer():
     """A quiet CPU trainer on one thread (tests run beside each other on two cores)."""
     import torch

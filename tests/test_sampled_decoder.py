@@ -6,18 +6,19 @@ import pytest
 import torch
 
 import scatac
-from conftest import DEMO, cpu_trainer, read_scores, run_script, train_data
+from conftest import DEMO, cpu_trainer, read_scores, resolved, run_script, train_data
 from scatac import methods
 from scatac.batches import Batch
 from scatac.models.ae import AutoEncoder
-from scatac.nn import PeakOutput, PeakSampler, negatives_per_batch, reconstruction_nll
+from scatac.nn import PeakOutput, PeakSampler, reconstruction_nll
+from scatac.train import negatives_per_batch
 
 
 @pytest.mark.parametrize("uniform_share", [0.0, 0.5])
 def test_sampled_loss_is_an_unbiased_estimate_of_the_full_loss(demo_adata, uniform_share):
     data = train_data(demo_adata)
     torch.manual_seed(0)
-    model = AutoEncoder(data.n_peaks, 6, hidden_dims=(32,)).eval()
+    model = AutoEncoder(data.n_peaks, 6, **resolved("AE", hidden_dims=(32,)).network).eval()
     batch = Batch(data, np.arange(48), torch.device("cpu"))
     open_fraction = np.bincount(data.inputs.indices, minlength=data.n_peaks) / data.n_cells
     with torch.no_grad():
@@ -52,7 +53,7 @@ def test_a_sampled_step_never_builds_a_batch_by_peaks_tensor(demo_adata):
     """Only (batch, drawn peaks) logits and the output rows' (8 cells, n_peaks) block: never (batch, n_peaks)."""
     data = train_data(demo_adata)
     torch.manual_seed(0)
-    model = AutoEncoder(data.n_peaks, 6, hidden_dims=(32,))
+    model = AutoEncoder(data.n_peaks, 6, **resolved("AE", hidden_dims=(32,)).network)
     model.decoder[-1].sampler = PeakSampler(np.ones(data.n_peaks), 300)
 
     def no_full_logits(module, inputs):
@@ -117,8 +118,7 @@ def test_auto_samples_from_2000_sparse_cells_and_grows_the_batch_only_then():
     import scipy.sparse as sp
 
     from scatac.batches import TrainData
-    from scatac.nn import decoder_for
-    from scatac.train import auto_batch_size
+    from scatac.train import auto_batch_size, decoder_for
 
     def data(n_cells, n_peaks, density):
         X = sp.random(n_cells, n_peaks, density=density, format="csr", random_state=0, dtype=np.float32)

@@ -5,6 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from conftest import resolved
 from scatac.batches import Batch, SparseRows, TrainData
 from scatac.models.ae import AutoEncoder
 from scatac.nn import PeakDropout, PeakLinear
@@ -69,7 +70,7 @@ def test_peak_dropout_drops_stored_values_only(counts):
 
 
 def test_autoencoder_first_layer_is_sparse():
-    model = AutoEncoder(n_peaks=300, latent_dim=4, hidden_dims=(32,))
+    model = AutoEncoder(n_peaks=300, latent_dim=4, **resolved("AE", hidden_dims=(32,)).network)
     assert isinstance(model.encoder[0], PeakLinear)
     assert isinstance(model.input_dropout, PeakDropout)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import scatac
-from conftest import DEMO, cpu_trainer, labelled, read_scores, run_script, shared_path, train_data
+from conftest import DEMO, cpu_trainer, labelled, read_scores, resolved, run_script, shared_path, train_data
 from scatac.batches import Batch
 from scatac.models.sparse_ae import SparseAutoEncoder, kl_sparsity
 
@@ -45,7 +45,7 @@ def test_outputs_parse_back_with_the_right_shapes(tmp_path, demo_adata):
 def test_penalty_has_a_gradient_and_lowers_mean_activation(demo_adata):
     data = train_data(demo_adata)
     # The original compared rho with a softmax, whose mean is always 1/units: no gradient.
-    model = SparseAutoEncoder(data.n_peaks, 8, hidden_dims=(32,))
+    model = SparseAutoEncoder(data.n_peaks, 8, **resolved("SparseAE", hidden_dims=(32,)).network)
     batch = Batch(data, np.arange(64), torch.device("cpu"))
     penalty = kl_sparsity(model.code(batch.x).mean(dim=0), 0.05)
     penalty.backward()

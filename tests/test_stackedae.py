@@ -1,13 +1,13 @@
 """StackedAE: real layer-wise pretraining, fine-tuning from the pretrained weights with every layer free,
 outputs that parse back, scores above chance, seeds that reproduce."""
 import copy
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 import scatac
-from conftest import DEMO, cpu_trainer, labelled, run_script, shared_path, train_data
-from scatac import methods
+from conftest import DEMO, cpu_trainer, labelled, resolved, run_script, shared_path, train_data
 from scatac.batches import Batch
 from scatac.io import write_10x
 from scatac.models import stacked_ae
@@ -16,7 +16,12 @@ from scatac.simulate import simulate_atac
 
 
 def options(pretrain, finetune, **given):
-    return methods.STACKED_AE.options.resolve({"pretrain_epochs": pretrain, "finetune_epochs": finetune, **given})
+    return resolved("StackedAE", pretrain_epochs=pretrain, finetune_epochs=finetune, **given)
+
+
+def pretraining(run):
+    """The TrainConfig the fit hands pretrain(): the run's, for its pretrain_epochs."""
+    return replace(run.training, epochs=run.schedule["pretrain_epochs"])
 
 
 def whole_stack_loss(model, data):
@@ -58,11 +63,12 @@ def test_outputs_parse_back_and_loss_marks_each_phase(tmp_path, demo_adata):
 
 def test_pretraining_trains_only_its_layer_and_the_stack_improves(demo_adata):
     data = train_data(demo_adata)
+    run = options(3, 1, hidden_dims=(64, 32))
     torch.manual_seed(0)
-    model = StackedAutoEncoder(data.n_peaks, 8, hidden_dims=(64, 32))
+    model = StackedAutoEncoder(data.n_peaks, 8, **run.network)
     fresh = copy.deepcopy(model)
     before = copy.deepcopy(model.state_dict())
-    history = stacked_ae.pretrain(model, data, options(3, 1, hidden_dims=(64, 32)), cpu_trainer(), seed=0)
+    history = stacked_ae.pretrain(model, data, pretraining(run), cpu_trainer(), seed=0)
     after = model.state_dict()
     # every encoder and decoder moved during pretraining (each layer had its own turn)
     for name in before:
@@ -80,13 +86,13 @@ def test_finetuning_starts_from_pretrained_weights_and_moves_every_layer(demo_ad
     data = train_data(demo_adata)
     chosen = options(3, 2, hidden_dims=(64, 32))
     torch.manual_seed(0)
-    model = StackedAutoEncoder(data.n_peaks, 8, hidden_dims=(64, 32))
+    model = StackedAutoEncoder(data.n_peaks, 8, **chosen.network)
     fresh_state = copy.deepcopy(model.state_dict())
     trainer = cpu_trainer()
-    stacked_ae.pretrain(model, data, chosen, trainer, seed=0)
+    stacked_ae.pretrain(model, data, pretraining(chosen), trainer, seed=0)
     pretrained_state = copy.deepcopy(model.state_dict())
     pretrained_loss = whole_stack_loss(model, data)
-    history = stacked_ae.finetune(model, data, chosen, trainer, seed=0)
+    history = stacked_ae.finetune(model, data, chosen.training, trainer, seed=0)
     tuned_state = model.state_dict()
     for name, pretrained in pretrained_state.items():
         if not pretrained.dtype.is_floating_point:

@@ -1,10 +1,12 @@
 """The training loop's pieces: callbacks see its hooks in order and can stop it, and a batch source other than the
 in-memory one is what it trains on."""
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 import scatac
-from conftest import cpu_trainer, train_data
+from conftest import cpu_trainer, resolved, train_data
 from scatac.batches import Batch, BatchSource, InMemoryBatches
 from scatac.models.ae import AutoEncoder
 from scatac.train import Callback
@@ -59,8 +61,9 @@ def test_a_callback_sees_every_hook_in_order_and_stops_training(demo_adata):
 def test_a_callback_that_never_stops_leaves_every_epoch(demo_adata):
     recorder = Recorder()
     trainer = cpu_trainer()
-    history = trainer.train(AutoEncoder(train_data(demo_adata).n_peaks, 4, hidden_dims=(16,)), train_data(demo_adata),
-                            3, 256, 1e-3, 0, callbacks=[recorder])
+    run = resolved("AE", hidden_dims=(16,), epochs=3, batch_size=256)
+    history = trainer.train(AutoEncoder(train_data(demo_adata).n_peaks, 4, **run.network), train_data(demo_adata),
+                            run.training, 0, callbacks=[recorder])
     assert [r["epoch"] for r in history] == [1, 2, 3] and recorder.calls[-1] == ("train_end", 3, False)
     assert "stopped_early" not in trainer.calls[-1]
 
@@ -81,8 +84,9 @@ class FixedRows(BatchSource):
 
 def test_the_loop_trains_on_the_batch_source_it_is_given(demo_adata):
     data = train_data(demo_adata)
+    run = resolved("AE", hidden_dims=(16,), epochs=3, batch_size=64, neighbor_weight=0.1)
     torch.manual_seed(0)
-    model = AutoEncoder(data.n_peaks, 4, hidden_dims=(16,))
+    model = AutoEncoder(data.n_peaks, 4, **run.network)
     chunks = [np.arange(10, 26), np.array([3, 700, 5])]
     seen = []
 
@@ -91,7 +95,7 @@ def test_the_loop_trains_on_the_batch_source_it_is_given(demo_adata):
         return model.loss(batch, epoch=epoch)
 
     trainer = cpu_trainer()
-    history = trainer.train(model, data, 3, 64, 1e-3, 0, loss_fn=loss_fn, batches=FixedRows(data, chunks))
+    history = trainer.train(model, data, run.training, 0, loss_fn=loss_fn, batches=FixedRows(data, chunks))
     assert seen == [(epoch, rows.tolist()) for epoch in (1, 2, 3) for rows in chunks]
     assert len(history) == 3 and all("neighbor" not in record for record in history)
     call = trainer.calls[-1]
@@ -99,8 +103,7 @@ def test_the_loop_trains_on_the_batch_source_it_is_given(demo_adata):
 
     # neighbour batches from the source drive the neighbour term
     partners = [rows[::-1].copy() for rows in chunks]
-    history = trainer.train(model, data, 2, 64, 1e-3, 0, neighbor_weight=0.1,
-                            batches=FixedRows(data, chunks, partners))
+    history = trainer.train(model, data, replace(run.training, epochs=2), 0, batches=FixedRows(data, chunks, partners))
     assert all(np.isfinite(record["neighbor"]) for record in history)
 
 

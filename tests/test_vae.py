@@ -5,9 +5,11 @@ import pytest
 import torch
 
 import scatac
-from conftest import DEMO, cpu_trainer, labelled, run_script, shared_path, train_data
+from conftest import DEMO, cpu_trainer, labelled, resolved, run_script, shared_path, train_data
 from scatac.batches import Batch
+from scatac.models import vae
 from scatac.models.vae import VariationalAutoEncoder
+from scatac.train import Callback
 
 
 def fit(adata, epochs, **options):
@@ -82,6 +84,47 @@ def test_features_are_posterior_means_and_the_seed_reproduces_them(demo_adata):
     assert not np.array_equal(features[0], features[2])
     # encoding again gives the same values: no sampling in the features
     np.testing.assert_array_equal(cpu_trainer().encode(runs[0][1], train_data(demo_adata)), features[0])
+
+
+class EpochNow(Callback):
+    """Keeps the epoch under way, for what runs inside it."""
+
+    epoch = None
+
+    def on_epoch_start(self, state):
+        self.epoch = state.epoch
+
+
+@pytest.mark.parametrize("epochs, kl_warmup, options, weights, fit_at", [
+    (5, 3, {}, [1 / 3, 2 / 3, 1, 1, 1], [3]),
+    # the sampled decoder's records and early stopping's held-out loss are Trainer.full_loss's: the same weight
+    (4, 2, {"decoder": "sampled", "early_stopping": True, "patience": 50}, [0.5, 1, 1, 1], [2]),
+    (2, 4, {}, [0.25, 0.5], [2]),  # a training shorter than the warm-up still fits its mixture, at its end
+    (3, 0, {}, [1, 1, 1], [1]),
+    (3, 2, {"prior": "normal"}, [0.5, 1, 1], []),  # nothing to fit
+])
+def test_kl_warmup_weighs_each_epoch_and_fits_the_mixture_once_at_its_end(demo_adata, monkeypatch, epochs,
+                                                                         kl_warmup, options, weights, fit_at):
+    now, fits = EpochNow(), []
+    fit_mixture = VariationalAutoEncoder.fit_mixture
+
+    def counted(model, means, seed):
+        fits.append(now.epoch)
+        fit_mixture(model, means, seed)
+
+    monkeypatch.setattr(VariationalAutoEncoder, "fit_mixture", counted)
+    run = resolved("VAE", hidden_dims=(16,), epochs=epochs, kl_warmup=kl_warmup, n_components=3, **options)
+    trainer = cpu_trainer()
+    trainer.max_batches, trainer.callbacks = 2, [now]
+    fitted = vae.fit(train_data(demo_adata), 4, run.network, run.training, trainer, 0, **run.schedule)
+    np.testing.assert_allclose([record["kl_weight"] for record in fitted.history], weights, rtol=1e-7)
+    assert fits == fit_at
+    if options.get("early_stopping"):
+        assert all(np.isfinite(record["validation_loss"]) for record in fitted.history)
+    # outside training the loss is the whole ELBO, however the warm-up ended
+    model = fitted.model.eval()
+    batch = Batch(train_data(demo_adata), np.arange(32), torch.device("cpu"))
+    assert model.kl_weight == 1.0 and float(model.loss(batch)["kl_weight"]) == 1.0
 
 
 def test_scores_above_chance_on_real_data():

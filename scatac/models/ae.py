@@ -6,21 +6,25 @@ open peaks) is added to the output logits, so the latent code does not spend its
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 from torch import nn
 
 from ..batches import TrainData
-from ..nn import PeakDropout, configure_decoder, mlp, reconstruction_nll
-from ..train import Fitted, Trainer, early_stopping
+from ..nn import PeakDropout, mlp, reconstruction_nll
+from ..train import Fitted, TrainConfig, Trainer, configure_decoder
 
 
 class AutoEncoder(nn.Module):
     """n_peaks -> hidden_dims -> latent_dim -> reversed hidden_dims -> n_peaks logits.
 
     Input: a batch of (batch, n_peaks) transformed accessibility; output logits (batch, n_peaks).
-    `config` holds the keyword arguments that rebuild it (model.pt stores them).
+    `config` holds the keyword arguments that rebuild it (model.pt stores them). The network's arguments have no
+    defaults here: methods.AE's card holds them (hidden_dims, input_dropout: dropout on the input peaks,
+    dropout: after each hidden layer).
     """
 
-    def __init__(self, n_peaks: int, latent_dim: int, hidden_dims=(512, 128), input_dropout: float = 0.8, dropout: float = 0.1):
+    def __init__(self, n_peaks: int, latent_dim: int, *, hidden_dims, input_dropout: float, dropout: float):
         super().__init__()
         self.config = dict(n_peaks=n_peaks, latent_dim=latent_dim, hidden_dims=tuple(hidden_dims),
                            input_dropout=input_dropout, dropout=dropout)
@@ -43,12 +47,9 @@ class AutoEncoder(nn.Module):
         return {"loss": reconstruction_nll(self.decoder, latent, batch)}
 
 
-def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed: int) -> Fitted:
-    """Train an AutoEncoder on `data`; features are the encoder's output without dropout."""
-    model = AutoEncoder(data.n_peaks, latent_dim, options["hidden_dims"], options["input_dropout"],
-                        options["dropout"]).to(trainer.device)
-    configure_decoder(model, data, options, trainer.device)
-    history = trainer.train(model, data, options["epochs"], options["batch_size"], options["lr"], seed,
-                            weight_decay=options["weight_decay"], neighbor_weight=options["neighbor_weight"],
-                            **early_stopping(options))
+def fit(data: TrainData, latent_dim: int, network: Mapping, config: TrainConfig, trainer: Trainer, seed: int) -> Fitted:
+    """Train an AutoEncoder(**network) on `data` as `config` says; features are the encoder's output without dropout."""
+    model = AutoEncoder(data.n_peaks, latent_dim, **network).to(trainer.device)
+    configure_decoder(model, data, config, trainer.device)
+    history = trainer.train(model, data, config, seed)
     return Fitted(trainer.encode(model, data), model, history)

@@ -10,12 +10,14 @@ of groups of cells rather than dense mixtures.
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 from torch import nn
 
 from ..batches import TrainData
-from ..nn import PeakDropout, configure_decoder, mlp, reconstruction_nll
-from ..train import Fitted, Trainer, early_stopping
+from ..nn import PeakDropout, mlp, reconstruction_nll
+from ..train import Fitted, TrainConfig, Trainer, configure_decoder
 
 
 def kl_sparsity(mean_activation, target: float):
@@ -25,10 +27,14 @@ def kl_sparsity(mean_activation, target: float):
 
 
 class SparseAutoEncoder(nn.Module):
-    """n_peaks -> hidden_dims -> latent_dim (sigmoid code) -> reversed hidden_dims -> n_peaks logits."""
+    """n_peaks -> hidden_dims -> latent_dim (sigmoid code) -> reversed hidden_dims -> n_peaks logits.
 
-    def __init__(self, n_peaks: int, latent_dim: int, hidden_dims=(256,), input_dropout: float = 0.5,
-                 dropout: float = 0.1, sparsity_target: float = 0.2, sparsity_weight: float = 3.0):
+    The network's arguments have no defaults here: methods.SPARSE_AE's card holds them (sparsity_target: rho,
+    the mean activation each unit is pushed towards; sparsity_weight: beta, the penalty's weight).
+    """
+
+    def __init__(self, n_peaks: int, latent_dim: int, *, hidden_dims, input_dropout: float, dropout: float,
+                 sparsity_target: float, sparsity_weight: float):
         super().__init__()
         self.config = dict(n_peaks=n_peaks, latent_dim=latent_dim, hidden_dims=tuple(hidden_dims),
                            input_dropout=input_dropout, dropout=dropout, sparsity_target=sparsity_target,
@@ -62,12 +68,10 @@ class SparseAutoEncoder(nn.Module):
         }
 
 
-def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed: int) -> Fitted:
-    """Train a SparseAutoEncoder on `data`; features are the logits of the sparse code, without dropout."""
-    model = SparseAutoEncoder(data.n_peaks, latent_dim, options["hidden_dims"], options["input_dropout"], options["dropout"],
-                              options["sparsity_target"], options["sparsity_weight"]).to(trainer.device)
-    configure_decoder(model, data, options, trainer.device)
-    history = trainer.train(model, data, options["epochs"], options["batch_size"], options["lr"], seed,
-                            weight_decay=options["weight_decay"], neighbor_weight=options["neighbor_weight"],
-                            **early_stopping(options))
+def fit(data: TrainData, latent_dim: int, network: Mapping, config: TrainConfig, trainer: Trainer, seed: int) -> Fitted:
+    """Train a SparseAutoEncoder(**network) on `data` as `config` says; features are the logits of the sparse code,
+    without dropout."""
+    model = SparseAutoEncoder(data.n_peaks, latent_dim, **network).to(trainer.device)
+    configure_decoder(model, data, config, trainer.device)
+    history = trainer.train(model, data, config, seed)
     return Fitted(trainer.encode(model, data), model, history)

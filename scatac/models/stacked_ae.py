@@ -8,13 +8,16 @@ the peaks.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..batches import TrainData
-from ..nn import PeakDropout, configure_decoder, mlp, reconstruction_nll
-from ..train import Fitted, Trainer, early_stopping
+from ..nn import PeakDropout, mlp, reconstruction_nll
+from ..train import Fitted, TrainConfig, Trainer, configure_decoder
 
 
 class StackedAutoEncoder(nn.Module):
@@ -22,10 +25,11 @@ class StackedAutoEncoder(nn.Module):
 
     encoders[k] maps sizes[k] -> sizes[k+1]; decoders[k] maps back sizes[k+1] -> sizes[k].
     decoders[0] returns peak logits; the others return codes with the same activation as
-    the encoder layer whose output they rebuild.
+    the encoder layer whose output they rebuild. The network's arguments have no defaults here: methods.STACKED_AE's
+    card holds them.
     """
 
-    def __init__(self, n_peaks: int, latent_dim: int, hidden_dims=(512, 128), input_dropout: float = 0.8, dropout: float = 0.1):
+    def __init__(self, n_peaks: int, latent_dim: int, *, hidden_dims, input_dropout: float, dropout: float):
         super().__init__()
         self.config = dict(n_peaks=n_peaks, latent_dim=latent_dim, hidden_dims=tuple(hidden_dims),
                            input_dropout=input_dropout, dropout=dropout)
@@ -75,34 +79,35 @@ class StackedAutoEncoder(nn.Module):
         return F.mse_loss(rebuilt, inputs, reduction="sum") / len(batch.rows)
 
 
-def pretrain(model: StackedAutoEncoder, data: TrainData, options: dict, trainer: Trainer, seed: int) -> list:
-    """Greedy layer-wise pretraining: each layer's own encoder and decoder, for `pretrain_epochs` each."""
+def pretrain(model: StackedAutoEncoder, data: TrainData, config: TrainConfig, trainer: Trainer, seed: int) -> list:
+    """Greedy layer-wise pretraining: each layer's own encoder and decoder for `config.epochs` (the run's
+    pretrain_epochs), without the neighbour term and without early stopping (a few epochs by design)."""
+    config = replace(config, neighbor_weight=0.0, early_stopping=False)
     history = []
     for layer in range(model.n_layers):
         parameters = [*model.encoders[layer].parameters(), *model.decoders[layer].parameters()]
         history += trainer.train(
-            model, data, options["pretrain_epochs"], options["batch_size"], options["lr"], seed + layer,
+            model, data, config, seed + layer,
             loss_fn=lambda m, batch, epoch, layer=layer: {"loss": m.layer_loss(layer, batch)},
-            parameters=parameters, phase=f"pretrain_layer{layer + 1}", weight_decay=options["weight_decay"],
+            parameters=parameters, phase=f"pretrain_layer{layer + 1}",
         )
     return history
 
 
-def finetune(model: StackedAutoEncoder, data: TrainData, options: dict, trainer: Trainer, seed: int) -> list:
-    """Every layer trained together on the peaks, starting from the weights `model` holds."""
+def finetune(model: StackedAutoEncoder, data: TrainData, config: TrainConfig, trainer: Trainer, seed: int) -> list:
+    """Every layer trained together on the peaks as `config` says, starting from the weights `model` holds (early
+    stopping, when on, watches this phase only)."""
     for parameter in model.parameters():
         parameter.requires_grad_(True)
-    # early stopping watches the fine-tuning only: the layer-wise pretraining is a few epochs by design
-    return trainer.train(model, data, options["finetune_epochs"], options["batch_size"], options["lr"], seed,
-                         weight_decay=options["weight_decay"], phase="finetune",
-                         neighbor_weight=options["neighbor_weight"], **early_stopping(options))
+    return trainer.train(model, data, config, seed, phase="finetune")
 
 
-def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed: int) -> Fitted:
-    """Pretrain layer by layer, fine-tune the whole stack; features are the top code without dropout."""
-    model = StackedAutoEncoder(data.n_peaks, latent_dim, options["hidden_dims"], options["input_dropout"],
-                               options["dropout"]).to(trainer.device)
-    configure_decoder(model, data, options, trainer.device)
-    history = pretrain(model, data, options, trainer, seed)
-    history += finetune(model, data, options, trainer, seed)
+def fit(data: TrainData, latent_dim: int, network: Mapping, config: TrainConfig, trainer: Trainer, seed: int, *,
+        pretrain_epochs: int) -> Fitted:
+    """Pretrain layer by layer for `pretrain_epochs` each, fine-tune the whole stack as `config` says (its epochs:
+    the run's finetune_epochs); features are the top code without dropout."""
+    model = StackedAutoEncoder(data.n_peaks, latent_dim, **network).to(trainer.device)
+    configure_decoder(model, data, config, trainer.device)
+    history = pretrain(model, data, replace(config, epochs=pretrain_epochs), trainer, seed)
+    history += finetune(model, data, config, trainer, seed)
     return Fitted(trainer.encode(model, data), model, history)

@@ -3,7 +3,7 @@
 The encoder gives each cell a Gaussian posterior q(z|x) = N(mean, diag var), sampled with the
 reparameterization trick; the decoder predicts which peaks are open (Bernoulli, each cell's depth
 added to the logits, as the AE). The loss is the reconstruction plus a KL term whose weight rises
-from 0 to 1 over the first `kl_warmup` epochs:
+from 0 to 1 over the first `kl_warmup` epochs (KLWarmup, a callback of the training loop):
 
   gmm (default, SCALE): p(z) = sum_c pi_c N(mu_c, diag var_c), with learnable pi, mu, var, fit to
       the posterior means by scikit-learn's GaussianMixture when the warm-up ends;
@@ -16,14 +16,15 @@ Features are the posterior means, so the same seed gives the same features.
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..batches import TrainData
-from ..nn import PeakDropout, configure_decoder, mlp, reconstruction_nll
-from ..train import Fitted, Trainer, early_stopping
+from ..nn import PeakDropout, mlp, reconstruction_nll
+from ..train import Callback, Fitted, TrainConfig, Trainer, configure_decoder
 
 DEFAULT_COMPONENTS = 8  # mixture components when neither the caller nor the labels say how many
 
@@ -36,16 +37,20 @@ def kl_to_diagonal_gaussians(mean, logvar, prior_mean, prior_logvar):
 
 
 class VariationalAutoEncoder(nn.Module):
-    """n_peaks -> hidden_dims -> (mean, logvar) of latent_dim -> reversed hidden_dims -> n_peaks logits."""
+    """n_peaks -> hidden_dims -> (mean, logvar) of latent_dim -> reversed hidden_dims -> n_peaks logits.
 
-    def __init__(self, n_peaks: int, latent_dim: int, hidden_dims=(256,), input_dropout: float = 0.5,
-                 dropout: float = 0.1, prior: str = "gmm", n_components: int = DEFAULT_COMPONENTS, kl_warmup: int = 10):
+    The network's arguments have no defaults here: methods.VAE's card holds them (prior: 'gmm' or 'normal';
+    n_components: the mixture's, an int here). kl_weight, the KL term's weight in the training loss, is 1 (the
+    ELBO) unless a KLWarmup is training the model.
+    """
+
+    def __init__(self, n_peaks: int, latent_dim: int, *, hidden_dims, input_dropout: float, dropout: float,
+                 prior: str, n_components: int):
         super().__init__()
         self.config = dict(n_peaks=n_peaks, latent_dim=latent_dim, hidden_dims=tuple(hidden_dims),
-                           input_dropout=input_dropout, dropout=dropout, prior=prior, n_components=n_components,
-                           kl_warmup=kl_warmup)
+                           input_dropout=input_dropout, dropout=dropout, prior=prior, n_components=n_components)
         self.prior = prior
-        self.kl_warmup = kl_warmup
+        self.kl_weight = 1.0
         self.input_dropout = PeakDropout(input_dropout)
         self.encoder = mlp([n_peaks, *hidden_dims], dropout=dropout, final_activation=True, peak_input=True)
         self.to_mean = nn.Linear(hidden_dims[-1], latent_dim)
@@ -77,17 +82,15 @@ class VariationalAutoEncoder(nn.Module):
         per_component = kl_to_diagonal_gaussians(mean, logvar, self.mixture_means, self.mixture_logvars)
         return (gamma * per_component).sum(dim=1) + (gamma * (log_gamma - log_pi)).sum(dim=1)
 
-    def kl_weight(self, epoch):
-        if epoch is None or self.kl_warmup <= 0:
-            return 1.0
-        return min(1.0, epoch / self.kl_warmup)
-
     def loss(self, batch, epoch=None):
+        """The terms of the loss on `batch`: reconstruction + kl_weight * kl. epoch: the training epoch the loss is
+        taken in, whose KL weight KLWarmup has set (the steps' and the losses its record reports); None, outside
+        training: the whole KL (weight 1)."""
         mean, logvar = self.posterior(self.input_dropout(batch.x))
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
         reconstruction = reconstruction_nll(self.decoder, z, batch)
         kl = self.kl(mean, logvar, z).mean()
-        weight = self.kl_weight(epoch)
+        weight = 1.0 if epoch is None else self.kl_weight
         return {"loss": reconstruction + weight * kl, "reconstruction": reconstruction, "kl": kl,
                 "kl_weight": torch.tensor(weight)}
 
@@ -110,26 +113,47 @@ class VariationalAutoEncoder(nn.Module):
         self.mixture_ready.fill_(True)
 
 
-def fit(data: TrainData, latent_dim: int, options: dict, trainer: Trainer, seed: int) -> Fitted:
-    """Train a VariationalAutoEncoder on `data`; features are the posterior means.
+class KLWarmup(Callback):
+    """The KL term's warm-up, a callback of the training loop: epoch e weighs the term min(1, e / warmup_epochs)
+    (1 from the first epoch when warmup_epochs is 0), set as the model's kl_weight when the epoch starts, so that
+    the epoch's steps and the losses its record reports (Trainer.full_loss) weigh it alike; 1 again once training
+    ends. With the gmm prior, the mixture is fit to the posterior means (seed: GaussianMixture's) once, at the
+    end of the epoch where the warm-up ends (warm_at)."""
 
-    options["n_components"] None means DEFAULT_COMPONENTS (the scripts pass the run's K instead).
+    def __init__(self, warmup_epochs: int, seed: int):
+        self.warmup_epochs, self.seed = warmup_epochs, seed
+
+    def weight(self, epoch: int) -> float:
+        return 1.0 if self.warmup_epochs <= 0 else min(1.0, epoch / self.warmup_epochs)
+
+    def warm_at(self, epochs: int) -> int:
+        """The epoch whose end ends the warm-up, in a training of `epochs`: the first at the earliest, the last at
+        the latest (a shorter training still fits its mixture)."""
+        return min(max(self.warmup_epochs, 1), epochs)
+
+    def on_epoch_start(self, state):
+        state.model.kl_weight = self.weight(state.epoch)
+
+    def on_epoch_end(self, state, record):
+        if state.epoch == self.warm_at(state.epochs) and state.model.prior == "gmm":
+            state.model.fit_mixture(state.trainer.encode(state.model, state.data), self.seed)
+
+    def on_train_end(self, state):
+        state.model.kl_weight = 1.0
+
+
+def fit(data: TrainData, latent_dim: int, network: Mapping, config: TrainConfig, trainer: Trainer, seed: int, *,
+        kl_warmup: int) -> Fitted:
+    """Train a VariationalAutoEncoder(**network) on `data` as `config` says, the KL term warmed up over `kl_warmup`
+    epochs (KLWarmup); features are the posterior means.
+
+    network["n_components"] None means DEFAULT_COMPONENTS (the scripts pass the run's K instead).
     """
-    n_components = options["n_components"] or DEFAULT_COMPONENTS
-    model = VariationalAutoEncoder(data.n_peaks, latent_dim, options["hidden_dims"], options["input_dropout"],
-                                   options["dropout"], options["prior"], n_components,
-                                   options["kl_warmup"]).to(trainer.device)
-    configure_decoder(model, data, options, trainer.device)
-    init_epoch = min(max(options["kl_warmup"], 1), options["epochs"])
-
-    def fit_mixture_when_warm(epoch, record):
-        if options["prior"] == "gmm" and epoch == init_epoch:
-            model.fit_mixture(trainer.encode(model, data), seed)
-
+    network = {**network, "n_components": network["n_components"] or DEFAULT_COMPONENTS}
+    model = VariationalAutoEncoder(data.n_peaks, latent_dim, **network).to(trainer.device)
+    configure_decoder(model, data, config, trainer.device)
+    warmup = KLWarmup(kl_warmup, seed)
     # not stopped during the KL warm-up, while the held-out loss's KL weight is still rising
-    history = trainer.train(model, data, options["epochs"], options["batch_size"], options["lr"], seed,
-                            weight_decay=options["weight_decay"], epoch_callback=fit_mixture_when_warm,
-                            neighbor_weight=options["neighbor_weight"],
-                            min_epochs=init_epoch, **early_stopping(options))
+    history = trainer.train(model, data, config, seed, callbacks=[warmup], min_epochs=warmup.warm_at(config.epochs))
     return Fitted(trainer.encode(model, data), model, history,
-                  extra={"prior": options["prior"], "n_components": n_components})
+                  extra={"prior": network["prior"], "n_components": network["n_components"]})
