@@ -216,6 +216,74 @@ def transform(X: sp.csr_matrix, kind: str) -> sp.csr_matrix:
     raise ValueError(f"unknown transform {kind!r}; allowed: {', '.join(TRANSFORMS)}")
 
 
+def peak_weights(kind: str, cells_per_peak: np.ndarray, n_cells: int, peak_max: np.ndarray | None = None):
+    """The per-peak half of `transform`, fitted on statistics of all cells: what `transform_rows` then applies
+    to any block of rows, so that a matrix too large to hold is transformed a block at a time.
+
+    Parameters
+    ----------
+    kind : a transform (params.TRANSFORMS).
+    cells_per_peak : (n_peaks,) integer, cells in which each peak holds a non-zero value (np.bincount of a
+        canonical X's indices; StoreStatistics.cells_per_peak).
+    n_cells : the cells those counts are over.
+    peak_max : (n_peaks,) each peak's largest absolute value; needed by maxabs only.
+
+    Returns
+    -------
+    (n_peaks,) float64, or None for the row-local kinds (binary, log): tfidf's IDF, n_cells / cells opening the
+    peak; idf's weight, log of that; maxabs's scale, the peak's largest absolute value (transform_rows divides
+    by it as scikit-learn's MaxAbsScaler does, a never-open peak by 1).
+    """
+    if kind in ("binary", "log"):
+        return None
+    frequency = np.asarray(cells_per_peak).astype(np.float64)  # as _peak_frequency counts it
+    if kind == "tfidf":
+        return n_cells / np.maximum(frequency, 1)
+    if kind == "idf":
+        return np.log(n_cells / np.maximum(frequency, 1))
+    if kind == "maxabs":
+        if peak_max is None:
+            raise ValueError("maxabs needs each peak's largest absolute value (peak_max)")
+        return np.asarray(peak_max, dtype=np.float64)
+    raise ValueError(f"unknown transform {kind!r}; allowed: {', '.join(TRANSFORMS)}")
+
+
+def transform_rows(X: sp.csr_matrix, kind: str, weights: np.ndarray | None) -> sp.csr_matrix:
+    """The per-row half of `transform`: rows of counts scaled with `peak_weights` fitted on all cells.
+
+    X: CSR (rows, n_peaks), any block of a matrix's rows; weights: peak_weights(kind, ...) of the whole matrix.
+    Every kind is row-local given the weights, so `transform_rows(X, kind, peak_weights(kind, <statistics of X>))`
+    equals `transform(X, kind)` value for value, and the rows of a block come out as the same rows of the whole
+    matrix would. Returns CSR (rows, n_peaks) float32 with the pattern `transform` gives (stored zeros dropped for
+    binary, tfidf and idf; kept for log and maxabs, as there).
+    """
+    if kind == "binary":
+        return binarize(X)
+    if kind in ("tfidf", "idf"):
+        if weights is None:
+            raise ValueError(f"{kind} needs peak_weights fitted on all cells")
+        X = stored_nonzero(X)
+        if kind == "idf":
+            return _weighted_rows(X, lambda peaks, rows: weights[peaks], True)
+        depth = np.diff(X.indptr)  # open peaks per cell, as tfidf counts them
+        return _weighted_rows(X, lambda peaks, rows: np.log1p(1e4 * weights[peaks] / depth[rows]), True)
+    if kind == "log":
+        out = X.copy()
+        out.data = np.log1p(out.data).astype(np.float32)
+        return out
+    if kind == "maxabs":
+        if weights is None:
+            raise ValueError("maxabs needs peak_weights fitted on all cells")
+        # MaxAbsScaler's steps, in X's floating type (float64 for integer counts) as it computes them
+        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
+        scale = weights.astype(dtype)
+        scale[scale < 10 * np.finfo(dtype).eps] = 1.0  # its _handle_zeros_in_scale
+        out = sp.csr_matrix(X, dtype=dtype, copy=True)
+        out.data *= (1.0 / scale).take(out.indices, mode="clip")
+        return sp.csr_matrix(out, dtype=np.float32)
+    raise ValueError(f"unknown transform {kind!r}; allowed: {', '.join(TRANSFORMS)}")
+
+
 def reference_neighbors(X: sp.csr_matrix, n_components: int = 10, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
     """Each cell's nearest other cells under SnapATAC2's geometry: the neighbours the autoencoders' neighbour term
     keeps near in their code.

@@ -131,3 +131,132 @@ def simulate_fragments(path, X, barcodes, peaks, straddle_fraction: float = 0.1,
     inside.eliminate_zeros()
     return {"paired-insertion": (inside + straddles).tocsr(), "insertion": (2 * inside + straddles).tocsr(),
             "fragment": (inside + straddles).tocsr()}
+
+
+SIMULATE_CHUNK_CELLS = 4096  # cells whose open peaks one generator draws (simulate_store)
+
+
+def _alias_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker's alias table of a distribution over n outcomes (Vose's construction): draw a column uniformly, keep
+    it with probability `keep[column]`, else take `alias[column]`; O(1) per draw, where a search in the cumulative
+    distribution costs O(log n) scattered reads. Returns (keep (n,) float64, alias (n,) int32)."""
+    n = len(probabilities)
+    scaled = probabilities * (n / probabilities.sum())
+    keep = np.ones(n, dtype=np.float64)
+    alias = np.arange(n, dtype=np.int32)
+    small = list(np.flatnonzero(scaled < 1.0))
+    large = list(np.flatnonzero(scaled >= 1.0))
+    while small and large:
+        low, high = small.pop(), large.pop()
+        keep[low], alias[low] = scaled[low], high
+        scaled[high] -= 1.0 - scaled[low]
+        (small if scaled[high] < 1.0 else large).append(high)
+    return keep, alias  # what is left in either list is kept with probability 1 (rounding)
+
+
+def _draws_for_distinct(probabilities: np.ndarray, distinct: float) -> float:
+    """How many draws (with replacement) from `probabilities` give `distinct` different outcomes on average:
+    the root of sum(1 - (1 - p)^m) = distinct, by bisection (the sum grows with m)."""
+    log_miss = np.log1p(-np.minimum(probabilities, 1 - 1e-12))
+    low, high = distinct, 2.0 * distinct
+    while np.sum(-np.expm1(high * log_miss)) < distinct and high < 1e3 * len(probabilities):
+        low, high = high, 2 * high
+    for _ in range(50):
+        middle = (low + high) / 2
+        low, high = (middle, high) if np.sum(-np.expm1(middle * log_miss)) < distinct else (low, middle)
+    return (low + high) / 2
+
+
+def simulate_store(path, n_cells: int, n_peaks: int, density: float = 0.005, *, n_types: int = 5,
+                   specific_fraction: float = 0.3, seed: int = 0, block_cells: int = 16384, dtype=np.uint8,
+                   progress: bool = True):
+    """Write a simulated scATAC-seq store (scatac.io.store) of binary counts block by block, never holding the matrix.
+
+    Cells belong to `n_types` types. Each type has its own distribution over peaks: a shared baseline (how open each
+    peak is in general, gamma distributed) times a boost of 4 to 10 on a random `specific_fraction` of the peaks,
+    as `simulate_atac` draws them. A cell draws Poisson(density * n_peaks * depth) peaks from its type's
+    distribution (depth: log-normal, mean 1), and the distinct peaks drawn are its open peaks: a peak's chance to
+    be open in a cell is about that many times its share of the distribution. The draws are scaled up per type by as
+    many as peaks drawn twice take away, so that a cell has `density * n_peaks` open peaks on average (times its
+    depth). Values are 1, of `dtype`.
+
+    Parameters
+    ----------
+    path : the store to write (staged beside it, renamed into place when complete).
+    n_cells, n_peaks : the matrix's shape. density : the expected fraction of open peaks per cell.
+    n_types : cell types, written as obs["label"] (type_A, type_B, ...).
+    specific_fraction : the share of peaks each type boosts.
+    seed : the types' distributions and each cell's type and depth come from default_rng(seed); the open peaks of
+        the cells of chunk j (SIMULATE_CHUNK_CELLS consecutive cells) from default_rng([seed, j]). So the matrix is
+        a function of (seed, n_cells, n_peaks, density, n_types, specific_fraction) only: `block_cells`, the cells
+        written at a time, changes neither it nor its draws.
+    block_cells : cells per block written (rounded up to whole chunks); memory grows with it.
+    dtype : the stored values' type: uint8 takes a quarter of float32's space (a store reads as float32 either way).
+    progress : show a tqdm bar.
+
+    Returns
+    -------
+    Path of the store: X (n_cells, n_peaks) CSR, obs["label"] the types, barcodes cell_0000000..., peaks
+    chrN:start-end as simulate_atac names them.
+    """
+    from .io.store import write_store
+
+    if n_cells < 1 or n_peaks < 2 or not 0 < density < 1 or n_types < 1:
+        raise ValueError("simulate_store needs n_cells >= 1, n_peaks >= 2, 0 < density < 1, n_types >= 1")
+    rng = np.random.default_rng(seed)
+    base = rng.gamma(shape=0.6, scale=1.0, size=n_peaks)
+    n_specific = int(specific_fraction * n_peaks)
+    keep_of_type = np.empty((n_types, n_peaks), dtype=np.float64)
+    alias_of_type = np.empty((n_types, n_peaks), dtype=np.int32)
+    draws_per_open = np.ones(n_types)
+    for t in range(n_types):
+        profile = base.copy()
+        chosen = rng.choice(n_peaks, size=n_specific, replace=False)
+        profile[chosen] *= rng.uniform(4.0, 10.0, size=n_specific)
+        keep_of_type[t], alias_of_type[t] = _alias_table(profile)
+        # draws per cell such that the distinct peaks drawn, not the draws, average density * n_peaks
+        draws_per_open[t] = _draws_for_distinct(profile / profile.sum(), density * n_peaks) / (density * n_peaks)
+    type_of_cell = rng.integers(0, n_types, size=n_cells).astype(np.int16)
+    depth = np.exp(rng.normal(0, 0.5, size=n_cells)).astype(np.float32)
+    depth /= depth.mean()
+    type_names = np.array([f"type_{chr(ord('A') + t)}" if t < 26 else f"type_{t}" for t in range(n_types)])
+
+    def chunk(index: int) -> sp.csr_matrix:
+        start = index * SIMULATE_CHUNK_CELLS
+        stop = min(start + SIMULATE_CHUNK_CELLS, n_cells)
+        draws_rng = np.random.default_rng([seed, index])
+        n_draws = draws_rng.poisson(density * n_peaks * depth[start:stop] * draws_per_open[type_of_cell[start:stop]])
+        # keys cell * n_peaks + peak fit 32 bits in all but huge chunks: half the sort's memory traffic
+        key_type = np.int32 if (stop - start) * n_peaks < 2**31 else np.int64
+        keys = []
+        for t in range(n_types):  # one type's tables at a time: a gather from one table stays in cache
+            cells_of_type = np.flatnonzero(type_of_cell[start:stop] == t).astype(key_type)
+            cell = np.repeat(cells_of_type, n_draws[cells_of_type])
+            column = draws_rng.integers(0, n_peaks, size=len(cell), dtype=key_type)
+            kept = draws_rng.random(len(cell)) < keep_of_type[t][column]
+            keys.append(cell * key_type(n_peaks) + np.where(kept, column, alias_of_type[t][column]))
+        keys = np.concatenate(keys)
+        keys.sort()
+        # distinct (cell, peak) pairs in CSR order: a peak drawn twice is open once
+        pairs = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
+        rows, columns = np.divmod(pairs, n_peaks)
+        indptr = np.zeros(stop - start + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=stop - start), out=indptr[1:])
+        return sp.csr_matrix((np.ones(len(pairs), dtype=dtype), columns.astype(np.int32), indptr),
+                             shape=(stop - start, n_peaks))
+
+    chunks_per_block = max(1, -(-block_cells // SIMULATE_CHUNK_CELLS))
+    n_chunks = -(-n_cells // SIMULATE_CHUNK_CELLS)
+
+    def blocks():
+        for first in range(0, n_chunks, chunks_per_block):
+            parts = [chunk(index) for index in range(first, min(first + chunks_per_block, n_chunks))]
+            yield parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+
+    barcodes = [f"cell_{i:07d}" for i in range(n_cells)]
+    peaks = [f"chr{1 + (i % 22)}:{10000 + 1000 * (i // 22)}-{10500 + 1000 * (i // 22)}" for i in range(n_peaks)]
+    settings = dict(n_cells=n_cells, n_peaks=n_peaks, density=density, n_types=n_types,
+                    specific_fraction=specific_fraction, seed=seed)
+    return write_store(blocks(), path, barcodes=barcodes, peaks=peaks, labels=type_names[type_of_cell],
+                       uns={"scatac": {"source": "scatac.simulate.simulate_store", "simulation": settings}},
+                       dtype=dtype, progress=progress)

@@ -20,8 +20,10 @@ from ..errors import info, warn
 from ..files import atomic_path, write_text
 from .labels import read_labels
 from .matrices import Matrix, peek_shape, read_matrix
+from .store import convert_to_store, open_store, write_store  # on-disk stores read in blocks (atlas scale)
 
-__all__ = ["read", "read_matrix", "read_labels", "peek_shape", "make_unique", "write_10x", "Matrix"]
+__all__ = ["read", "read_matrix", "read_labels", "peek_shape", "make_unique", "write_10x", "Matrix",
+           "convert_to_store", "open_store", "write_store"]
 
 
 def make_unique(names: Sequence[str]) -> tuple[list, int]:

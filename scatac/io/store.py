@@ -1,0 +1,626 @@
+"""An on-disk store of counts for data sets too large to hold whole: an .h5ad whose X is CSR (cells x peaks),
+written and read in blocks of rows, never whole.
+
+The store is an ordinary AnnData file, written with anndata's own element API (`anndata.io.write_elem`, and
+`anndata.io.sparse_dataset(group).append` growing X block by block), so `anndata.read_h5ad(path)` and
+`anndata.read_h5ad(path, backed="r")` open it: obs holds the barcodes as its index (and the cell types as
+obs["label"] when known), var the peak names. X is canonical CSR (sorted indices, no duplicates, no stored
+zeros) in `float32` unless asked otherwise, with a 64-bit indptr so that it may exceed 2**31 non-zeros.
+
+Reading goes around anndata's backed objects, through h5py on the three arrays of X: the whole indptr,
+(n_cells + 1,) int64, is held in memory, so any run of rows is one slice of `indices` and one of `data`.
+
+    from scatac.io.store import convert_to_store, open_store
+    convert_to_store("atlas.h5ad", "atlas.store.h5ad")      # one streaming pass over the source
+    counts = open_store("atlas.store.h5ad")
+    stats = counts.statistics()                                 # one pass: per-peak and per-cell counts
+    for start, block in counts.blocks(4096): ...                # CSR blocks of rows, in order
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import InputError, fail, warn
+from ..files import atomic_path
+
+DEFAULT_BLOCK_CELLS = 4096
+# HDF5 chunk of X's data and indices, in elements: large enough that a block of rows is a few chunk reads, small
+# enough that one scattered row (read_cells) does not drag a large chunk from disk
+CHUNK_ELEMENTS = 1 << 16
+# read_cells reads two rows in one slice when fewer than this many non-zeros lie between them: one read of a
+# few unwanted values costs less than a second h5py call
+MERGE_GAP = CHUNK_ELEMENTS
+
+
+class StoreStatistics(NamedTuple):
+    """What one pass over a store's blocks counts: enough for the filter and every transform's per-peak fit.
+
+    cells_per_peak: (n_peaks,) int64, cells in which each peak holds a non-zero value.
+    peaks_per_cell: (n_cells,) int64, non-zero peaks of each cell.
+    peak_max: (n_peaks,) float64, each peak's largest absolute value (0 where it is never open).
+    """
+
+    cells_per_peak: np.ndarray
+    peaks_per_cell: np.ndarray
+    peak_max: np.ndarray
+
+
+def canonical_rows(block, dtype=np.float32) -> sp.csr_matrix:
+    """`block` as canonical CSR of `dtype` (sorted indices, no duplicates, no stored zeros): what a store holds
+    and what `pp.stored_nonzero` would make of it. A copy only where something changes."""
+    if not (sp.issparse(block) and block.format == "csr"):
+        block = sp.csr_matrix(block)
+    if block.dtype != dtype:
+        block = block.astype(dtype)
+    if not block.has_canonical_format:
+        block = block.copy()
+        block.sum_duplicates()  # also sorts the indices
+    if block.nnz and not np.all(block.data != 0):
+        block = block.copy()
+        block.eliminate_zeros()
+    return block
+
+
+def select_columns(block: sp.csr_matrix, column_of: np.ndarray, n_columns: int) -> sp.csr_matrix:
+    """The columns of `block` that `column_of` keeps, renumbered: `block[:, kept]` without scipy's copy of the
+    whole index structure.
+
+    block: CSR (rows, n_store_columns). column_of: (n_store_columns,) integer new column of each old one, -1 where
+    dropped; increasing over the kept columns, so sorted indices stay sorted. Returns CSR (rows, n_columns).
+    """
+    new_columns = column_of[block.indices]
+    kept = new_columns >= 0
+    # kept values before each position: the new indptr is this count at the old row starts
+    kept_before = np.zeros(block.nnz + 1, dtype=np.int32 if block.nnz < 2**31 else np.int64)
+    np.cumsum(kept, out=kept_before[1:])
+    indptr = kept_before[block.indptr].astype(np.int64)
+    return sp.csr_matrix((block.data[kept], new_columns[kept].astype(np.int32), indptr),
+                         shape=(block.shape[0], n_columns))
+
+
+def _names_frame(frame, names, what: str):
+    """`frame` (or an empty DataFrame) indexed by `names` (strings), its own index set aside."""
+    import pandas as pd
+
+    names = pd.Index([str(name) for name in names])
+    if frame is None:
+        return pd.DataFrame(index=names)
+    if len(frame) != len(names):
+        raise ValueError(f"{what} has {len(frame)} rows for {len(names)} names")
+    frame = frame.copy()
+    frame.index = names
+    return frame
+
+
+def write_store(blocks: Iterable, path, *, barcodes, peaks, obs=None, var=None, labels=None, uns: dict | None = None,
+                dtype=np.float32, compression: str | None = None, progress: bool = True) -> Path:
+    """Write cells x peaks counts, given as CSR blocks of consecutive rows, into a store (an .h5ad) at `path`.
+
+    Parameters
+    ----------
+    blocks : iterable of CSR (rows, n_peaks)
+        The cells' rows in order, any number of rows each; read once, each block written and let go.
+    path : path of the store to write; its folder must exist.
+    barcodes : sequence of str, (n_cells,)
+        The cells' names: obs's index. Their number is the number of rows `blocks` must give.
+    peaks : sequence of str, (n_peaks,)
+        The peaks' names: var's index.
+    obs, var : DataFrame or None
+        Per-cell and per-peak columns to keep (their index is replaced by `barcodes` and `peaks`).
+    labels : (n_cells,) array or None
+        Cell types, written as the categorical obs["label"].
+    uns : dict or None
+        Written as the file's uns.
+    dtype : the values' type on disk (float32 by default, as `scatac.read` gives counts; uint8 holds 0/1 counts
+        in a quarter of the space).
+    compression : an h5py filter for X's arrays ("gzip", "lzf") or None: none makes reading fastest.
+    progress : show a tqdm bar of cells written (on stderr).
+
+    Returns
+    -------
+    Path of the store. It is written to a temporary file beside `path` and renamed into place once complete:
+    a failure at any point (a bad block, an interrupt) leaves no partial file and an earlier store as it was.
+    """
+    import anndata
+    import h5py
+    import pandas as pd
+    from anndata.io import sparse_dataset, write_elem
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        fail(path, f"folder {path.parent} does not exist")
+    n_cells, n_peaks = len(barcodes), len(peaks)
+    obs = _names_frame(obs, barcodes, "obs")
+    if labels is not None:
+        if len(labels) != n_cells:
+            raise ValueError(f"{len(labels)} labels for {n_cells} cells")
+        obs["label"] = pd.Categorical(np.asarray(labels).astype(str))
+    var = _names_frame(var, peaks, "var")
+    # obs, var and uns first, through an X-less AnnData; then X, grown block by block
+    frame = anndata.AnnData(obs=obs, var=var, uns=dict(uns or {}))
+    empty = sp.csr_matrix((np.zeros(0, dtype), np.zeros(0, np.int32), np.zeros(1, np.int64)), shape=(0, n_peaks))
+    dataset_kwargs = {"chunks": (CHUNK_ELEMENTS,), "indptr_dtype": np.int64}
+    if compression is not None:
+        dataset_kwargs["compression"] = compression
+    written = 0
+    with atomic_path(path) as staging, tqdm(total=n_cells, desc=f"writing {path.name}", unit=" cells",
+                                             unit_scale=True, disable=not progress, leave=False) as bar:
+        with h5py.File(staging, "w") as handle:
+            write_elem(handle, "/", frame)
+            write_elem(handle, "X", empty, dataset_kwargs=dataset_kwargs)
+            X = sparse_dataset(handle["X"])
+            for block in blocks:
+                block = canonical_rows(block, dtype)
+                if block.shape[1] != n_peaks:
+                    raise ValueError(f"a block has {block.shape[1]} columns, the store {n_peaks} peaks")
+                if written + block.shape[0] > n_cells:
+                    raise ValueError(f"the blocks hold more than the {n_cells} cells named in barcodes")
+                if block.shape[0]:
+                    X.append(block)
+                written += block.shape[0]
+                bar.update(block.shape[0])
+            if written != n_cells:
+                raise ValueError(f"the blocks hold {written} cells, barcodes name {n_cells}")
+    return path
+
+
+class StoredCounts:
+    """Counts in a store, read in blocks of rows through h5py: never the whole matrix.
+
+    Attributes
+    ----------
+    path : the store's path.
+    n_cells, n_peaks : X's shape. nnz : its stored values.
+    indptr : (n_cells + 1,) int64, X's row pointers, held in memory (what makes any run of rows one read).
+    obs, var : DataFrames of the cells and peaks (read on first use); obs_names, var_names their indexes.
+
+    Rows come back as CSR float32 (as `scatac.read` gives counts, whatever the dtype on disk), indices int32.
+    Holds the file open until `close()` (or the end of a `with` block).
+    """
+
+    def __init__(self, path, handle):
+        self.path = Path(path)
+        self._handle = handle
+        group = handle["X"]
+        self._indices, self._data = group["indices"], group["data"]
+        self.indptr = group["indptr"][()].astype(np.int64, copy=False)
+        shape = group.attrs["shape"] if "shape" in group.attrs else group.attrs["h5sparse_shape"]
+        self.n_cells, self.n_peaks = int(shape[0]), int(shape[1])
+        self.nnz = int(self.indptr[-1])
+
+    @property
+    def shape(self) -> tuple:
+        return self.n_cells, self.n_peaks
+
+    @cached_property
+    def obs(self):
+        from anndata.io import read_elem
+
+        return read_elem(self._handle["obs"])
+
+    @cached_property
+    def var(self):
+        from anndata.io import read_elem
+
+        return read_elem(self._handle["var"])
+
+    @property
+    def obs_names(self):
+        return self.obs.index
+
+    @property
+    def var_names(self):
+        return self.var.index
+
+    def close(self):
+        self._handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"StoredCounts({str(self.path)!r}, {self.n_cells} cells x {self.n_peaks} peaks, {self.nnz} non-zeros)"
+
+    def _csr(self, data, indices, indptr) -> sp.csr_matrix:
+        return sp.csr_matrix((data.astype(np.float32, copy=False), indices.astype(np.int32, copy=False), indptr),
+                             shape=(len(indptr) - 1, self.n_peaks))
+
+    def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows start..stop-1 as CSR (stop - start, n_peaks) float32: one slice of indices and one of data."""
+        start = min(max(0, int(start)), self.n_cells)
+        stop = min(max(start, int(stop)), self.n_cells)
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        return self._csr(self._data[lo:hi], self._indices[lo:hi], self.indptr[start:stop + 1] - lo)
+
+    def read_cells(self, rows) -> sp.csr_matrix:
+        """The cells `rows` (any order, repeats allowed) as CSR (len(rows), n_peaks) float32, in the order asked.
+
+        Rows close together on disk are read in one slice (fewer than MERGE_GAP values between them): a sorted
+        run of rows costs about what read_rows does, scattered rows one read each. Increasing rows made of runs of
+        consecutive ones (blocks) come back without the gather into the order asked.
+        """
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        if len(rows) == 0:
+            return self._csr(np.zeros(0, np.float32), np.zeros(0, np.int32), np.zeros(1, np.int64))
+        if rows.min() < 0 or rows.max() >= self.n_cells:
+            raise IndexError(f"rows outside 0..{self.n_cells - 1}")
+        unique, inverse = np.unique(rows, return_inverse=True)
+        starts, stops = self.indptr[unique], self.indptr[unique + 1]
+        # a new segment wherever too many unwanted values lie between one row and the next
+        first_of_segment = np.r_[0, np.flatnonzero(starts[1:] - stops[:-1] > MERGE_GAP) + 1]
+        last_of_segment = np.r_[first_of_segment[1:], len(unique)] - 1
+        segment_lo, segment_hi = starts[first_of_segment], stops[last_of_segment]
+        segment_base = np.zeros(len(first_of_segment), dtype=np.int64)  # where each segment lands in the buffer
+        np.cumsum((segment_hi - segment_lo)[:-1], out=segment_base[1:])
+        total = int(segment_base[-1] + segment_hi[-1] - segment_lo[-1])
+        indices = np.empty(total, dtype=self._indices.dtype)
+        data = np.empty(total, dtype=self._data.dtype)
+        for lo, hi, base in zip(segment_lo, segment_hi, segment_base):
+            if hi > lo:
+                indices[base:base + hi - lo] = self._indices[lo:hi]
+                data[base:base + hi - lo] = self._data[lo:hi]
+        starts_segment = np.zeros(len(unique), dtype=bool)
+        starts_segment[first_of_segment] = True
+        if len(unique) == len(rows) and np.all(np.diff(rows) > 0) and \
+                np.all((np.diff(unique) == 1) | starts_segment[1:]):
+            # increasing rows, each segment a run of consecutive ones: the buffer is the answer as it stands
+            indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+            np.cumsum(stops - starts, out=indptr[1:])
+            return self._csr(data, indices, indptr)
+        segment_of_row = np.repeat(np.arange(len(first_of_segment)), np.diff(np.r_[first_of_segment, len(unique)]))
+        buffer_start = starts - segment_lo[segment_of_row] + segment_base[segment_of_row]
+        # gather the asked rows, in the order asked, out of the buffer
+        lengths = (stops - starts)[inverse]
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        positions = np.repeat(buffer_start[inverse] - indptr[:-1], lengths) + np.arange(indptr[-1])
+        return self._csr(data[positions], indices[positions], indptr)
+
+    def blocks(self, block_cells: int = DEFAULT_BLOCK_CELLS, progress: bool = False, start: int = 0,
+               stop: int | None = None) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """(first row, CSR block) of `block_cells` consecutive rows (fewer in the last), in order, from row
+        `start` to `stop` (None: the end); `progress` shows a tqdm bar of cells read."""
+        from tqdm.auto import tqdm
+
+        stop = self.n_cells if stop is None else min(stop, self.n_cells)
+        with tqdm(total=stop - start, desc=f"reading {self.path.name}", unit=" cells", unit_scale=True,
+                  disable=not progress, leave=False) as bar:
+            for first in range(start, stop, block_cells):
+                block = self.read_rows(first, min(first + block_cells, stop))
+                yield first, block
+                bar.update(block.shape[0])
+
+    def statistics(self, block_cells: int = DEFAULT_BLOCK_CELLS, progress: bool = False) -> StoreStatistics:
+        """Per-peak and per-cell counts of the whole store in one pass over its blocks: see StoreStatistics.
+
+        Only non-zero values count as open (a stored zero does not), as `pp.stored_nonzero` reads a matrix.
+        Holds one block and the O(n_cells + n_peaks) results at a time.
+        """
+        cells_per_peak = np.zeros(self.n_peaks, dtype=np.int64)
+        peaks_per_cell = np.zeros(self.n_cells, dtype=np.int64)
+        # float32 as the values read: ufunc.at is many times slower when the two types differ
+        peak_max = np.zeros(self.n_peaks, dtype=np.float32)
+        for first, block in self.blocks(block_cells, progress):
+            block = canonical_rows(block)
+            cells_per_peak += np.bincount(block.indices, minlength=self.n_peaks)
+            peaks_per_cell[first:first + block.shape[0]] = np.diff(block.indptr)
+            np.maximum.at(peak_max, block.indices, np.abs(block.data))
+        return StoreStatistics(cells_per_peak, peaks_per_cell, peak_max.astype(np.float64))
+
+
+def _x_encoding(group) -> str:
+    """What an AnnData group's X is: "csr_matrix", "csc_matrix", "array" (dense), or "missing"."""
+    import h5py
+
+    if "X" not in group:
+        return "missing"
+    X = group["X"]
+    if isinstance(X, h5py.Dataset):
+        return "array"
+    encoding = X.attrs.get("encoding-type", X.attrs.get("h5sparse_format", ""))
+    encoding = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
+    return {"csr": "csr_matrix", "csc": "csc_matrix"}.get(encoding, encoding)
+
+
+def open_store(path) -> StoredCounts:
+    """Open a store (an .h5ad whose X is CSR) for reading in blocks: see StoredCounts.
+
+    Raises InputError naming the file when it is missing, not HDF5, not an AnnData file, or its X is dense or
+    CSC (either is turned into a store by `convert_to_store`).
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        fail(path, "no such file")
+    if path.is_dir() or not h5py.is_hdf5(path):
+        fail(path, "is not a store: expected an .h5ad (HDF5) file whose X is CSR; convert other inputs with "
+                   "scatac.io.convert_to_store")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        fail(path, f"cannot be opened ({exc})")
+    try:
+        encoding = _x_encoding(handle)
+        if encoding == "missing" or "obs" not in handle or "var" not in handle:
+            kind = "a 10x HDF5 matrix" if "matrix" in handle else "not an AnnData file (no X, obs or var)"
+            fail(path, f"is {kind}, not a store; convert it with scatac.io.convert_to_store")
+        if encoding != "csr_matrix":
+            what = {"array": "dense", "csc_matrix": "CSC (peaks x cells order)"}.get(encoding, f"{encoding!r}")
+            fail(path, f"X is {what}, not CSR: its rows cannot be read a block at a time; convert it with "
+                       "scatac.io.convert_to_store")
+        counts = StoredCounts(path, handle)
+        if len(counts.indptr) != counts.n_cells + 1 or counts._indices.shape != counts._data.shape or \
+                counts._indices.shape[0] < counts.nnz:
+            fail(path, "corrupt X: indptr, indices and data do not fit its shape")
+        return counts
+    except BaseException:
+        handle.close()
+        raise
+
+
+# ---- conversion ---------------------------------------------------------------------------------------------------
+
+
+class _Source(NamedTuple):
+    """A source checked and ready to stream: names, tables, and `blocks(block_cells)` giving its CSR row blocks."""
+
+    barcodes: list
+    peaks: list
+    obs: object
+    var: object
+    blocks: object
+
+
+def _checked_block(block: sp.csr_matrix, source: Path) -> sp.csr_matrix:
+    """A source's block as canonical CSR float32 once its values are counts (as scatac.read checks them)."""
+    block = canonical_rows(block)
+    if block.nnz:
+        if not np.all(np.isfinite(block.data)):
+            fail(source, "matrix contains NaN or infinite values")
+        if block.data.min() < 0:
+            fail(source, "matrix contains negative values; expected counts")
+    return block
+
+
+def _anndata_source(source: Path, layer, modality, use_selected, handle) -> _Source | None:
+    """An .h5ad's (or an .h5mu modality's) CSR X or layer, or dense X, streamed by rows; None where it must be read
+    whole (CSC, or anything else anndata can still read)."""
+    import h5py
+    from anndata.io import read_elem
+
+    is_mudata = source.name.lower().endswith(".h5mu")
+    if is_mudata:
+        if "mod" not in handle:
+            fail(source, "is not a MuData file: it has no 'mod' group")
+        modality = modality or "atac"
+        if modality not in handle["mod"]:
+            fail(source, f"has no modality {modality!r} (it has: {', '.join(handle['mod'].keys()) or 'none'}); "
+                         "choose one with --modality")
+        group = handle["mod"][modality]
+    else:
+        if modality is not None:
+            fail(source, "--modality applies to .h5mu files (MuData); this is an .h5ad")
+        group = handle
+    if "obs" not in group or "var" not in group:
+        fail(source, "is not an AnnData file: it has no obs or var")
+    if layer is not None:
+        layers = list(group["layers"].keys()) if "layers" in group else []
+        if layer not in layers:
+            fail(source, f"has no layer {layer!r} (layers: {', '.join(layers) or 'none'})")
+        matrix_group, where = group["layers"], layer
+    else:
+        matrix_group, where = group, "X"
+    if where not in matrix_group:
+        fail(source, "AnnData file has no X matrix")
+    element = matrix_group[where]
+    if isinstance(element, h5py.Dataset):
+        if element.ndim != 2:
+            fail(source, f"{where} is not a matrix (shape {element.shape})")
+        encoding, shape = "array", element.shape
+    else:
+        encoding = _x_encoding(matrix_group) if where == "X" else \
+            str(element.attrs.get("encoding-type", ""))
+        if encoding != "csr_matrix":
+            return None
+        shape = tuple(int(v) for v in element.attrs["shape"])
+    obs, var = read_elem(group["obs"]), read_elem(group["var"])
+    if (len(obs), len(var)) != tuple(shape):
+        fail(source, f"{where} is {shape[0]} x {shape[1]} but obs has {len(obs)} cells and var {len(var)} peaks")
+    column_of = None
+    if use_selected:
+        if "selected" not in var:
+            fail(source, "var has no 'selected' column (--use-selected reads SnapATAC2's select_features result)")
+        selected = np.asarray(var["selected"], dtype=bool)
+        if not selected.any():
+            fail(source, "var['selected'] selects no peak")
+        column_of = np.where(selected, np.cumsum(selected) - 1, -1)
+        var = var[selected]
+    n_columns = len(var)
+    if encoding == "array":
+        def rows(start, stop):
+            return sp.csr_matrix(np.asarray(element[start:stop], dtype=np.float32))
+    else:
+        indptr = element["indptr"][()].astype(np.int64)
+        indices, data = element["indices"], element["data"]
+        if len(indptr) != shape[0] + 1 or indices.shape != data.shape or indptr[-1] > indices.shape[0] or \
+                np.any(np.diff(indptr) < 0):
+            fail(source, f"corrupt sparse {where}: indptr, indices and data do not fit its shape")
+
+        def rows(start, stop):
+            lo, hi = indptr[start], indptr[stop]
+            columns = indices[lo:hi]
+            if len(columns) and (columns.min() < 0 or columns.max() >= shape[1]):
+                fail(source, f"corrupt sparse {where}: a column index lies outside its {shape[1]} columns")
+            return sp.csr_matrix((data[lo:hi], columns, indptr[start:stop + 1] - lo), shape=(stop - start, shape[1]))
+
+    def blocks(block_cells):
+        for start in range(0, shape[0], block_cells):
+            block = rows(start, min(start + block_cells, shape[0]))
+            if column_of is not None:
+                block = select_columns(canonical_rows(block), column_of, n_columns)
+            yield block
+
+    return _Source([str(v) for v in obs.index], [str(v) for v in var.index], obs, var, blocks)
+
+
+def _tenx_source(source: Path, handle) -> _Source:
+    """Cell Ranger's .h5 streamed by cells: its peaks x cells CSC holds each cell's values contiguously, so a
+    block of cells is one slice of `data` and `indices`. Only the "Peaks" features are kept (a Multiome file
+    also holds genes), as scatac.read keeps them."""
+    from .matrices import _h5_group, _h5_strings
+
+    group = _h5_group(handle)
+    for key in ("shape", "barcodes", "data", "indices", "indptr"):
+        if key not in group:
+            fail(source, f"not a 10x HDF5 matrix: it has no {key!r}")
+    n_features, n_cells = (int(v) for v in group["shape"][()])
+    barcodes = _h5_strings(group["barcodes"])
+    if "features" in group:
+        features = group["features"]
+        names = _h5_strings(features["id"] if "id" in features else features["name"])
+        types = _h5_strings(features["feature_type"]) if "feature_type" in features else None
+    else:  # Cell Ranger ATAC 1.x kept peaks under "genes"
+        names, types = _h5_strings(group["genes"]), None
+    if len(barcodes) != n_cells:
+        fail(source, f"has {len(barcodes)} barcodes but its matrix has {n_cells} cells")
+    if len(names) != n_features:
+        fail(source, f"has {len(names)} peaks but its matrix has {n_features} peaks")
+    indptr = group["indptr"][()].astype(np.int64)
+    indices, data = group["indices"], group["data"]
+    if indptr.shape != (n_cells + 1,) or indices.shape != data.shape or indptr[0] != 0 or \
+            indptr[-1] > indices.shape[0] or np.any(np.diff(indptr) < 0):
+        fail(source, "corrupt sparse matrix: indptr, indices and data do not fit its shape")
+    column_of, peaks = None, names
+    if types is not None and any(kind != "Peaks" for kind in types):
+        keep = np.asarray(types, dtype=object) == "Peaks"
+        kinds, counts = np.unique(np.asarray(types, dtype=object)[~keep], return_counts=True)
+        aside = ", ".join(f"{n:,} {kind}" for kind, n in zip(kinds, counts))
+        if not keep.any():
+            fail(source, f"has no 'Peaks' features (it holds {aside} features): not a chromatin accessibility matrix")
+        warn(f"{source}: set aside {aside} features, kept the {int(keep.sum()):,} Peaks")
+        column_of = np.where(keep, np.cumsum(keep) - 1, -1)
+        peaks = [name for name, kept in zip(names, keep) if kept]
+
+    def blocks(block_cells):
+        for start in range(0, n_cells, block_cells):
+            stop = min(start + block_cells, n_cells)
+            lo, hi = indptr[start], indptr[stop]
+            features = indices[lo:hi]
+            if len(features) and (features.min() < 0 or features.max() >= n_features):
+                fail(source, f"corrupt sparse matrix: a feature index lies outside its {n_features} features")
+            # CSC peaks x cells is CSR cells x peaks with the same three arrays
+            block = sp.csr_matrix((data[lo:hi].astype(np.float32), features, indptr[start:stop + 1] - lo),
+                                  shape=(stop - start, n_features))
+            if column_of is not None:
+                block = select_columns(canonical_rows(block), column_of, len(peaks))
+            yield block
+
+    return _Source(barcodes, peaks, None, None, blocks)
+
+
+def convert_to_store(source, path, *, block_cells: int = DEFAULT_BLOCK_CELLS, labels=None, label_key: str | None = None,
+                     layer: str | None = None, modality: str | None = None, use_selected: bool = False,
+                     progress: bool = True, **read_options) -> Path:
+    """Turn any input the suite reads (`scatac.read`) into a store at `path`, in one streaming pass where the
+    format allows it.
+
+    Streamed, `block_cells` cells at a time, never whole: an .h5ad (or an .h5mu modality) whose X (or `layer`)
+    is CSR or dense, and Cell Ranger's .h5 (peaks x cells CSC: each cell's values are contiguous). Read whole
+    with `scatac.read`, then written in blocks: everything else (10x/SCALE folders, Matrix Market files,
+    tables, fragment files, an .h5ad whose X is CSC).
+
+    Parameters
+    ----------
+    source : the input, any layout `scatac.read` takes.
+    path : the store to write (see `write_store`: staged beside it, renamed into place when complete).
+    block_cells : cells read and written at a time.
+    labels, label_key, layer, modality, use_selected : as `scatac.read` takes them; the labels become obs["label"].
+    progress : show a tqdm bar.
+    **read_options : the rest of `scatac.read`'s options (fragment files' peaks, tile_size, ...); these formats are
+        read whole.
+
+    Returns
+    -------
+    Path of the store, whose X is canonical CSR float32 counts (cells x peaks).
+
+    Values are checked as `scatac.read` checks them (finite, non-negative, not all zero); the layout, names and
+    labels are checked before any block is read, so a broken input fails at once with an InputError naming it.
+    Unlike `scatac.read`, the streamed path does not warn about values that look normalized.
+    """
+    import h5py
+
+    from . import make_unique, read
+    from .labels import read_labels
+    from .matrices import _h5_filters
+
+    source, path = Path(source), Path(path)
+    if not source.exists():
+        fail(source, "no such file or folder")
+    if block_cells < 1:
+        fail("block_cells", f"must be an integer >= 1, got {block_cells}")
+    if source.resolve() == path.resolve():
+        fail(path, "is the source itself: write the store to another path")
+    name = source.name.lower()
+    streamable = source.is_file() and name.endswith((".h5ad", ".h5mu", ".h5", ".hdf5")) and \
+        not any(value is not None for value in read_options.values())
+    uns = {"scatac": {"source": str(source)}}
+    handle = None
+    try:
+        plan = None
+        if streamable:
+            _h5_filters()
+            try:
+                handle = h5py.File(source, "r")
+            except OSError as exc:
+                fail(source, f"not a readable HDF5 file ({exc})")
+            try:
+                if name.endswith((".h5ad", ".h5mu")):
+                    plan = _anndata_source(source, layer, modality, use_selected, handle)
+                else:
+                    for given, flag in ((layer, "--layer"), (modality, "--modality"), (use_selected or None, "--use-selected")):
+                        if given is not None:
+                            fail(source, f"{flag} applies to AnnData .h5ad and MuData .h5mu files")
+                    plan = _tenx_source(source, handle)
+            except InputError:
+                raise
+            except (KeyError, ValueError, TypeError, OSError) as exc:
+                fail(source, f"not a readable {'AnnData' if 'h5ad' in name or 'h5mu' in name else '10x HDF5'} file "
+                             f"({exc.__class__.__name__}: {exc})".replace("\n", " "))
+        if plan is None:  # read whole, then written in blocks
+            adata = read(source, labels=labels, label_key=label_key, layer=layer, modality=modality,
+                         use_selected=use_selected, verbose=progress, **read_options)
+            X = adata.X
+            return write_store((X[start:start + block_cells] for start in range(0, X.shape[0], block_cells)), path,
+                               barcodes=list(adata.obs_names), peaks=list(adata.var_names), obs=adata.obs,
+                               var=adata.var, uns=uns, progress=progress)
+        barcodes = plan.barcodes
+        label_values = read_labels(barcodes, labels, plan.obs, label_key, source=source)
+        if len(set(barcodes)) != len(barcodes):
+            barcodes, n_changed = make_unique(barcodes)
+            warn(f"{source}: {n_changed} duplicate barcodes made unique by appending '-1', '-2', ...")
+        nnz = 0
+
+        def checked_blocks():
+            nonlocal nnz
+            for block in plan.blocks(block_cells):
+                block = _checked_block(block, source)
+                nnz += block.nnz
+                yield block
+            if nnz == 0:
+                fail(source, "matrix has no non-zero entries")
+
+        return write_store(checked_blocks(), path, barcodes=barcodes, peaks=plan.peaks, obs=plan.obs, var=plan.var,
+                           labels=label_values, uns=uns, progress=progress)
+    finally:
+        if handle is not None:
+            handle.close()
