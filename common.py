@@ -27,13 +27,17 @@ def run_method(method, argv=None) -> dict:
         from scatac import runtime
 
         runtime.select_device(settings["device"])
+    from scatac import distributed
+
+    if not distributed.is_main():  # under torchrun rank 0 alone holds the folder and writes it
+        return _run(method, settings, options, outdir)
     with files.output_lock(outdir):
         return _run(method, settings, options, outdir)
 
 
 def _run(method, settings: dict, options: dict, outdir) -> dict:
     import scatac
-    from scatac import runtime
+    from scatac import distributed, runtime
     from scatac.evaluate import default_n_clusters
 
     seconds = {}
@@ -55,9 +59,17 @@ def _run(method, settings: dict, options: dict, outdir) -> dict:
     seconds["load_filter_s"] = time.perf_counter() - started
 
     runtime.set_threads(settings["threads"])
-    device = runtime.select_device(settings["device"])
-    info(f"{method.name}: training on {device} ({adata.n_obs} cells x {adata.n_vars} peaks, latent_dim {settings['latent_dim']})")
+    # under torchrun every rank loads and filters the same data, trains on its own shard of the cells, and
+    # gets every cell's features back; rank 0 alone goes on to cluster, draw and write
+    world = distributed.setup(runtime.select_device(settings["device"]))
+    device = distributed.device_for(runtime.select_device(settings["device"]), world)
+    ranks = f", {world.size} processes" if world.is_distributed else ""
+    info(f"{method.name}: training on {device}{ranks} ({adata.n_obs} cells x {adata.n_vars} peaks, "
+         f"latent_dim {settings['latent_dim']})")
     model = scatac.tl.FIT[method.name](adata, settings["latent_dim"], seed=settings["seed"], device=str(device), **options)
+    distributed.teardown()
+    if not world.is_main:
+        return {}
     seconds.update(adata.uns[method.name]["seconds"])
 
     started = time.perf_counter()

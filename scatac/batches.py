@@ -164,13 +164,18 @@ def draw_neighbors(rows: np.ndarray, neighbors: np.ndarray, rng: np.random.Gener
     return picked
 
 
+# The neighbour term is estimated on at most this many cells of a batch: its two extra passes through the encoder
+# then cost a fixed amount a step, not as much again as the batch's own (the sampled decoder's batches reach 1,024).
+NEIGHBOR_CELLS = 64
+
+
 class BatchSource:
     """What the training loop asks for each epoch's mini-batches (train.Trainer.train): an in-memory shuffle here,
     a streamed or sharded reader elsewhere, without the loop knowing which.
 
-    `epoch(epoch)` yields (batch, neighbor_batch) pairs: a Batch of the cells to train on, and a Batch of one
-    reference neighbour of each of its cells (same length, same order) for the neighbour term, or None where
-    the step has no such term. n_cells: the cells an epoch covers; batches_per_epoch: the pairs a full epoch
+    `epoch(epoch)` yields (batch, pairs): a Batch of the cells to train on, and for the neighbour term either None
+    (no such term in the step) or (anchors, partners), two Batches of the same length: cells of the batch (at most
+    NEIGHBOR_CELLS of them) and one reference neighbour of each, in the same order. n_cells: the cells an epoch covers; batches_per_epoch: the pairs a full epoch
     yields (what the timing records scale by).
     """
 
@@ -214,8 +219,11 @@ class InMemoryBatches(BatchSource):
             rows = positions if self.rows is None else self.rows[positions]
             with torch.profiler.record_function("assemble_batch"):  # named in bench/scale.py --profile
                 batch = self.data.batch(rows, self.device)
-            neighbor_batch = None
+            pairs = None
             if self.neighbors is not None and len(rows) > 1:  # a single cell has no pairs to compare with
-                partners = draw_neighbors(rows, self.neighbors, self.rng, self.allowed)
-                neighbor_batch = self.data.batch(partners, self.device)
-            yield batch, neighbor_batch
+                # the batch is in random order: its first cells are a random sample of it
+                anchor_rows = rows[:NEIGHBOR_CELLS]
+                partners = draw_neighbors(anchor_rows, self.neighbors, self.rng, self.allowed)
+                anchors = batch if len(anchor_rows) == len(rows) else self.data.batch(anchor_rows, self.device)
+                pairs = (anchors, self.data.batch(partners, self.device))
+            yield batch, pairs

@@ -8,6 +8,7 @@ Ctrl-C exit 130. Nothing here imports torch, anndata or matplotlib: --help answe
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Callable
@@ -67,6 +68,13 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+def _collective_failed(exc: RuntimeError) -> bool:
+    """Whether `exc` is torch.distributed's (a peer gone, a timeout) in a process that torchrun started."""
+    text = str(exc).lower()
+    return "RANK" in os.environ and (type(exc).__name__.startswith("Dist")
+                                     or any(word in text for word in ("gloo", "nccl", "connection", "timed out")))
+
+
 def run_cli(main: Callable, *args):
     """Run a script's `main`, each way of ending as one line on stderr: a user error exit 2, a failed
     training exit 1, Ctrl-C (SIGINT) 130, SIGTERM 143; the earlier result stays as it was."""
@@ -85,6 +93,14 @@ def run_cli(main: Callable, *args):
     except Terminated:
         print("error: terminated", file=sys.stderr)
         sys.exit(143)
+    except RuntimeError as exc:
+        if not _collective_failed(exc):
+            raise
+        # under torchrun a collective fails on every rank once one rank dies or hangs (torch's timeout): one line
+        # naming the rank instead of a traceback per process; torchrun then stops the job
+        print(f"error: rank {os.environ['RANK']}: training across processes failed: {str(exc).splitlines()[0][:200]}",
+              file=sys.stderr)
+        sys.exit(1)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -6,6 +6,7 @@ model's (a loss that turned NaN); compare.py reports it as that method's row.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import NoReturn
 
@@ -35,10 +36,17 @@ def fail(where, problem: str) -> NoReturn:
     raise InputError(where, problem)
 
 
+def _quiet_rank() -> bool:
+    """A process that torchrun started as any rank but 0: its messages would repeat rank 0's."""
+    return os.environ.get("RANK", "0") not in ("", "0")
+
+
 def info(message: str):
-    """Progress goes to stderr, so stdout carries only results."""
-    print(message, file=sys.stderr, flush=True)
+    """Progress goes to stderr, so stdout carries only results; from rank 0 only under torchrun."""
+    if not _quiet_rank():
+        print(message, file=sys.stderr, flush=True)
 
 
 def warn(message: str):
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    if not _quiet_rank():
+        print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -122,6 +122,36 @@ def neighbor_ratio(code, neighbor_code):
     return near / (spread + 1e-8)
 
 
+class StepLoss(nn.Module):
+    """The loss one training step minimizes: the model's own terms, plus the neighbour term where the step pairs
+    cells with reference neighbours. A module, so that DistributedDataParallel can wrap it: DDP averages, over the
+    processes, the gradients of what forward() computes.
+
+    model: the autoencoder (`embed(batch)` gives its features); loss_fn: `loss_fn(model, batch, epoch)` -> dict of
+    scalar tensors with the "loss" to minimize; neighbor_weight: the neighbour term's weight.
+    forward(batch, pairs, epoch) -> (loss, terms): pairs is None or (anchors, partners), two Batches of equal length,
+    each anchor cell beside one of its reference neighbours. The term adds neighbor_weight * ratio * loss, the last
+    factor held fixed: weighed against the reconstruction's own size, which differs a hundredfold between data
+    sets, one weight holds on all. The partners' code takes no gradient (a fixed target, as BYOL's: its backward
+    pass would cost a third more).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn, neighbor_weight: float):
+        super().__init__()
+        self.model, self.loss_fn, self.neighbor_weight = model, loss_fn, neighbor_weight
+
+    def forward(self, batch, pairs, epoch):
+        terms = self.loss_fn(self.model, batch, epoch)
+        loss = terms["loss"]
+        if pairs is not None:
+            anchors, partners = pairs
+            with torch.no_grad():
+                partner_code = self.model.embed(partners)
+            terms = {**terms, "neighbor": neighbor_ratio(self.model.embed(anchors), partner_code)}
+            loss = loss + self.neighbor_weight * loss.detach() * terms["neighbor"]
+        return loss, terms
+
+
 def reconstruction_nll(decoder: nn.Sequential, code, batch):
     """-log p(the batch's open peaks | code), per cell and averaged: `decoder` ends in a PeakOutput."""
     return decoder[-1].nll(decoder[:-1](code), batch)

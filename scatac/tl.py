@@ -123,6 +123,8 @@ def _fit_neural(method: methods.Method, adata, latent_dim, *, layer, seed, devic
         "epochs_trained": {call["phase"]: call["epochs_trained"] for call in calls},
         "loss": pd.DataFrame(fitted.history),
         "seconds": {"transform_s": transform_s, "train_s": time.perf_counter() - started},
+        # under torchrun: how the cells were shared out among the processes
+        "distributed": trainer.shards,
         **fitted.extra,
     })
     return fitted.model

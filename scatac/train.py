@@ -164,6 +164,11 @@ class Trainer:
     batch). calls: one record per train() call (Timing): its phase, epochs, seconds, and the seconds and
     number of the batches after the first of each epoch (the first pays one-off costs).
     callbacks: Callbacks added to every train() call, after the trainer's own.
+    world: the processes training together (scatac.distributed.World; default: the process group this process
+    has joined under torchrun, else a world of one). With several, each trains on its own shard of the cells
+    with batch_size / world.size cells a step under DistributedDataParallel, the records are summed over the
+    ranks and `encode` gathers every rank's cells; only rank 0 shows progress. shards: what each train()
+    call's sharding was (world_size, cells_per_rank, cells_on_two_ranks), the last call's.
     """
 
     device: object = None
@@ -172,18 +177,58 @@ class Trainer:
     max_batches: int | None = None
     calls: list = field(default_factory=list)
     callbacks: list = field(default_factory=list)
+    world: object = None
+    shards: dict | None = None
 
     def __post_init__(self):
+        from . import distributed
+
         if self.device is None:
             self.device = select_device("auto")
+        self.world = self.world or distributed.current()
+        self.progress = self.progress and self.world.is_main
 
     def batch_source(self, data: TrainData, batch_size: int, seed: int, training_rows: np.ndarray | None,
                      neighbor_weight: float) -> BatchSource:
         """The batches train() draws from unless given its own: shuffled in memory over `training_rows`
-        (None: every cell), each cell paired with a reference neighbour when the neighbour term is on.
-        A subclass may return a streamed or sharded source instead."""
-        return InMemoryBatches(data, batch_size, self.device, seed, training_rows,
-                               data.neighbors if neighbor_weight > 0 else None, self.max_batches)
+        (None: every cell), each cell paired with a reference neighbour when the neighbour term is on; a store's
+        cells (streamed.StoredData) streamed in shuffled blocks. Under several processes, this rank's shard of
+        those cells (distributed.shard), batch_size / world.size cells a step."""
+        from . import distributed
+
+        neighbors = data.neighbors if neighbor_weight > 0 else None
+        if hasattr(data, "streamed_batches"):  # an on-disk store: read in blocks, never whole
+            return data.streamed_batches(batch_size=distributed.rank_batch_size(batch_size, self.world), seed=seed,
+                                         rows=training_rows, world=self.world, max_batches=self.max_batches,
+                                         device=self.device)
+        if not self.world.is_distributed:
+            return InMemoryBatches(data, batch_size, self.device, seed, training_rows, neighbors, self.max_batches)
+        rows = distributed.shard(np.arange(data.n_cells) if training_rows is None else training_rows, self.world, seed)
+        shards = distributed.gather_objects(rows, self.world)
+        self.shards = {"world_size": self.world.size, "cells_per_rank": [len(part) for part in shards],
+                       "cells_on_two_ranks": int(sum(map(len, shards)) - len(np.unique(np.concatenate(shards))))}
+        return InMemoryBatches(data, distributed.rank_batch_size(batch_size, self.world), self.device,
+                               [seed, self.world.rank], rows, neighbors, self.max_batches)
+
+    def step_loss(self, model, loss_fn: Callable, neighbor_weight: float, seed: int, partial: bool = False):
+        """What a step calls for its loss and terms: nn.StepLoss, wrapped in DistributedDataParallel under several
+        processes. `partial`: the call trains part of the model (StackedAE's pretraining); then, and where the model
+        says some of its parameters wait (the VAE's prior, until its warm-up ends), DDP looks for parameters without
+        a gradient after each step, a traversal of the graph it otherwise skips."""
+        from .nn import StepLoss
+
+        step = StepLoss(model, loss_fn, neighbor_weight)
+        if not self.world.is_distributed:
+            return step
+        import torch
+        from torch.nn.parallel import DistributedDataParallel
+
+        # every rank built the same model from the run's seed (DDP also copies rank 0's weights to the others);
+        # from here each draws its own input dropout and sampled decoder's negatives, as different cells need
+        torch.manual_seed(int(np.random.default_rng([seed, self.world.rank]).integers(2**31)))
+
+        return DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                       find_unused_parameters=partial or getattr(model, "some_parameters_wait", False))
 
     def train(self, model, data: TrainData, config: TrainConfig, seed: int, *, loss_fn: Callable | None = None,
               parameters=None, phase: str = "train", epoch_callback: Callable | None = None, min_epochs: int = 0,
@@ -243,15 +288,16 @@ class Trainer:
                      Timing(self.calls), Progress(self.progress, self.leave_progress),
                      *([EpochFunction(epoch_callback)] if epoch_callback is not None else []),
                      *self.callbacks, *callbacks]
+        model.to(device)
+        step = self.step_loss(model, loss_fn, config.neighbor_weight, seed, partial=parameters is not None)
         for callback in callbacks:
             callback.on_train_start(state)
-        model.to(device)
         for epoch in range(1, epochs + 1):
             state.epoch = epoch
             model.train()
             for callback in callbacks:
                 callback.on_epoch_start(state)
-            terms = self.epoch_steps(state, optimizer, callbacks, config.neighbor_weight)
+            terms = self.epoch_steps(state, optimizer, callbacks, step)
             for callback in callbacks:
                 callback.on_batches_end(state)
             record = {"phase": phase, "epoch": epoch, **terms}
@@ -266,28 +312,21 @@ class Trainer:
             callback.on_train_end(state)
         return state.history
 
-    def epoch_steps(self, state: TrainState, optimizer, callbacks: list, neighbor_weight: float) -> dict:
+    def epoch_steps(self, state: TrainState, optimizer, callbacks: list, step) -> dict:
         """One epoch's optimizer steps, on the batches state.batches yields for state.epoch, each followed by the
-        callbacks' on_batch_end; returns each loss term's batch-size-weighted mean over the epoch (train()'s record,
-        where its neighbour term is explained)."""
+        callbacks' on_batch_end; `step(batch, pairs, epoch)` gives the loss and its terms (step_loss). Returns each
+        term's batch-size-weighted mean over the epoch, over every rank's cells (train()'s record)."""
         import torch
 
-        from .nn import neighbor_ratio
+        from . import distributed
 
-        model, loss_fn, epoch = state.model, state.loss_fn, state.epoch
         sums, seen = {}, 0
-        for index, (batch, neighbor_batch) in enumerate(state.batches.epoch(epoch)):
-            terms = loss_fn(model, batch, epoch)
-            loss = terms["loss"]
-            if neighbor_batch is not None:
-                with torch.no_grad():  # a fixed target, as BYOL's: its backward pass would cost a third more
-                    neighbor_code = model.embed(neighbor_batch)
-                terms = {**terms, "neighbor": neighbor_ratio(model.embed(batch), neighbor_code)}
-                loss = loss + neighbor_weight * loss.detach() * terms["neighbor"]
+        for index, (batch, pairs) in enumerate(state.batches.epoch(state.epoch)):
+            loss, terms = step(batch, pairs, state.epoch)
             # a check reads the loss back to the host: every step on CPU, where that is free; once
             # an epoch on a GPU, whose steps then queue up without waiting (train())
             if self.device.type != "cuda" and not torch.isfinite(loss):
-                raise TrainingFailed(f"{state.phase}: loss became {loss.item()} at epoch {epoch}")
+                raise TrainingFailed(f"{state.phase}: loss became {loss.item()} at epoch {state.epoch}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -296,6 +335,10 @@ class Trainer:
             seen += len(batch.rows)
             for callback in callbacks:
                 callback.on_batch_end(state, index, batch)
+        if self.world.is_distributed:
+            totals = distributed.sum_over_ranks({"cells seen": seen, **{k: float(v) for k, v in sums.items()}},
+                                                self.world)
+            seen, sums = totals.pop("cells seen"), totals
         return {k: float(v) / max(seen, 1) for k, v in sums.items()}
 
     def full_loss(self, model, data: TrainData, rows: np.ndarray, loss_fn: Callable, epoch: int) -> dict:
@@ -315,13 +358,20 @@ class Trainer:
         return {k: v / len(rows) for k, v in sums.items()}
 
     def encode(self, model, data: TrainData, batch_size: int = 1024) -> np.ndarray:
-        """`model.embed(batch)` over every cell in order: (n_cells, latent_dim) float32."""
+        """`model.embed(batch)` over every cell in order: (n_cells, latent_dim) float32. Under several processes each
+        rank encodes its own contiguous part of the cells and every rank gets them all (distributed.gather_rows)."""
         import torch
 
+        from . import distributed
+
+        own = np.array_split(np.arange(data.n_cells), self.world.size)[self.world.rank]
         model.eval()
         chunks = []
         with torch.no_grad():
-            for rows in iterate_batches(data.n_cells, batch_size, None):
-                batch = data.batch(rows, self.device)
+            for positions in iterate_batches(len(own), batch_size, None):
+                batch = data.batch(own[positions], self.device)
                 chunks.append(model.embed(batch).detach().float().cpu().numpy())
-        return np.concatenate(chunks, axis=0).astype(np.float32)
+        features = np.concatenate(chunks, axis=0).astype(np.float32) if chunks else np.zeros((0, 0), np.float32)
+        if not self.world.is_distributed:
+            return features
+        return distributed.gather_rows(features, own, data.n_cells, self.world)

@@ -78,8 +78,8 @@ class FixedRows(BatchSource):
     def epoch(self, epoch):
         cpu = torch.device("cpu")
         for index, rows in enumerate(self.chunks):
-            partner = None if self.partners is None else Batch(self.data, self.partners[index], cpu)
-            yield Batch(self.data, rows, cpu), partner
+            batch = Batch(self.data, rows, cpu)
+            yield batch, None if self.partners is None else (batch, Batch(self.data, self.partners[index], cpu))
 
 
 def test_the_loop_trains_on_the_batch_source_it_is_given(demo_adata):
@@ -116,9 +116,23 @@ def test_in_memory_batches_keep_to_their_rows_and_their_limit(demo_adata):
     for epoch in (1, 2):
         pairs = list(source.epoch(epoch))
         assert len(pairs) == 4
-        for batch, partner in pairs:
-            assert np.isin(batch.rows, rows).all() and np.isin(partner.rows, rows).all()
-            assert len(partner.rows) == len(batch.rows)
+        for batch, (anchors, partners) in pairs:
+            assert np.isin(batch.rows, rows).all() and np.isin(partners.rows, rows).all()
+            assert anchors is batch and len(partners.rows) == len(batch.rows)
     full = list(InMemoryBatches(data, 40, torch.device("cpu"), 0, rows=rows).epoch(1))
-    assert all(partner is None for _, partner in full)
+    assert all(pairs is None for _, pairs in full)
     assert sorted(np.concatenate([batch.rows for batch, _ in full])) == rows.tolist()
+
+
+def test_the_neighbour_term_takes_at_most_neighbor_cells_of_a_large_batch(demo_adata):
+    from scatac.batches import NEIGHBOR_CELLS
+
+    data = train_data(demo_adata)
+    data.neighbors = np.tile(np.arange(data.n_cells), (data.n_cells, 1))[:, :6]
+    batch_size = 3 * NEIGHBOR_CELLS
+    for batch, (anchors, partners) in InMemoryBatches(data, batch_size, torch.device("cpu"), 0,
+                                                      neighbors=data.neighbors).epoch(1):
+        expected = min(NEIGHBOR_CELLS, len(batch.rows))
+        assert len(anchors.rows) == len(partners.rows) == expected
+        assert anchors.rows.tolist() == batch.rows[:expected].tolist()  # the batch's first cells: a random sample
+        assert (anchors is batch) == (len(batch.rows) <= NEIGHBOR_CELLS)

@@ -63,6 +63,7 @@ class VariationalAutoEncoder(nn.Module):
         # Until the mixture is fit to real codes, its parameters are meaningless: the KL
         # is taken to N(0, I) meanwhile, and the mixture gets no gradient.
         self.register_buffer("mixture_ready", torch.tensor(False))
+        self.some_parameters_wait = prior == "gmm"  # for DistributedDataParallel (train.Trainer.step_loss)
 
     def posterior(self, x):
         hidden = self.encoder(x)
