@@ -3,6 +3,10 @@
     python bench/scale.py [--sizes 10000x100000,50000x100000,100000x100000,hemato4k] [--methods AE,NMF,...]
                           [--decoders full,sampled] [--negatives 4x] [--epochs 1] [--max-batches 0]
                           [--umap] [--export] [--batch-size N] [--profile] [--out scale.tsv] [--quick]
+                          [--streamed [--store-dir DIR]] [--density 0.005] [--processes N] [--threads T]
+
+    python bench/scale.py --sizes 250000x100000,1000000x100000 --density 0.005 --streamed --methods AE \
+                          --decoders sampled --max-batches 4        # atlas scale: streamed from an on-disk store
 
 For each size the project's simulator (scatac.simulate: binary-ish counts, about 2% non-zero,
 several cell types) makes one CSR matrix, written once to an .h5ad in a temporary folder; a size
@@ -10,6 +14,11 @@ may also name a labelled data set under ../shared/data (e.g. hemato4k), trained 
 own epochs so that its ARI means something. Each method then runs in its own child process
 (bench/scale_child.py, so one method's memory does not pollute the next) through the functions a
 script runs; each autoencoder once per decoder of --decoders (full and sampled, side by side).
+With --streamed each size is instead written as an on-disk store block by block
+(scatac.simulate.simulate_store) and the autoencoders train from it streamed (scatac.streamed: cells read in
+shuffled blocks, never the whole matrix); with --max-batches the clustering is skipped (the features of a few
+batches mean nothing). --processes N runs each autoencoder under torchrun as N CPU processes (gloo on the
+loopback); peak_rss_mb is then the largest process's.
 Columns:
 
   data          "simulated", or the shared data set's name
@@ -59,7 +68,7 @@ ALL_METHODS = tuple(methods.ALL) + ("LSI",)
 NEURAL = tuple(m.name for m in methods.NEURAL)
 DEFAULT_SIZES = "10000x100000,50000x100000,100000x100000"
 QUICK_SIZES = "2000x5000,4000x5000"
-COLUMNS = ["data", "n_cells", "n_peaks", "method", "decoder", "batch_size", "cells_kept", "peaks_kept", "nnz", "csr_mb", "load_s", "filter_s", "fit_s",
+COLUMNS = ["data", "n_cells", "n_peaks", "processes", "threads", "method", "decoder", "batch_size", "cells_kept", "peaks_kept", "nnz", "csr_mb", "load_s", "filter_s", "fit_s",
            "epochs", "epoch_s", "epoch_note", "eval_s", "umap_s", "export_s", "total_s", "base_rss_mb", "peak_rss_mb", "mem_ratio",
            "within_budget", "mm_gflops", "achieved_gflops", "mm_efficiency", "ARI", "status"]
 
@@ -110,13 +119,34 @@ def simulate_to_h5ad(n_cells, n_peaks, density, n_types, folder: Path, seed=0):
     return path, {"nnz": nnz, "csr_mb": csr_bytes / 2**20, "density": nnz / (n_cells * n_peaks), "simulate_s": sim_s}
 
 
-def run_child(spec: dict, timeout: float | None):
+def simulate_store_once(n_cells, n_peaks, density, n_types, folder: Path, seed=0):
+    """A simulated store (scatac.simulate.simulate_store: written block by block, never whole in memory) under
+    `folder`, reused when a store of that size and density is already there (--store-dir)."""
+    from scatac.io.store import open_store
+    from scatac.simulate import simulate_store
+
+    path = folder / f"store_{n_cells}x{n_peaks}_d{density:g}_t{n_types}_s{seed}.h5ad"
+    started = time.perf_counter()
+    if not path.exists():
+        simulate_store(path, n_cells, n_peaks, density, n_types=n_types, seed=seed)
+    with open_store(path) as counts:
+        nnz = int(counts.nnz)
+    # as the CSR matrix it would be in memory: float32 values, int32 peaks, int64 row offsets
+    csr_bytes = nnz * 8 + (n_cells + 1) * 8
+    return path, {"nnz": nnz, "csr_mb": csr_bytes / 2**20, "density": nnz / (n_cells * n_peaks),
+                  "simulate_s": time.perf_counter() - started}
+
+
+def run_child(spec: dict, timeout: float | None, processes: int = 1):
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(spec, handle)
         spec_path = handle.name
     result_path = spec_path + ".out"
+    # several processes: torchrun on the loopback, each rank one child (scatac.distributed)
+    launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                        "--nproc-per-node", str(processes)]
     try:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "scale_child.py"), spec_path, result_path],
+        proc = subprocess.run([*launcher, str(Path(__file__).resolve().parent / "scale_child.py"), spec_path, result_path],
                               capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not os.path.exists(result_path):
             tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
@@ -185,6 +215,13 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=None, help="seconds per method run before giving up")
     parser.add_argument("--tmpdir", default=None, help="where the simulated .h5ad files go (default a new temp folder)")
     parser.add_argument("--out", default=None, help="also write the table here (tab-separated)")
+    parser.add_argument("--streamed", action="store_true",
+                        help="simulate each size as an on-disk store, block by block (scatac.simulate.simulate_store), "
+                             "and train from it streamed (a backed AnnData: scatac.streamed), never loading the matrix")
+    parser.add_argument("--store-dir", default=None,
+                        help="with --streamed: keep the simulated stores here and reuse them on the next run")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="train each neural method under torchrun with this many CPU processes (gloo, loopback)")
     args = parser.parse_args(argv)
 
     sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
@@ -206,6 +243,11 @@ def main(argv=None):
             if real:
                 path, meta = shared_matrix(size)
                 n_cells, n_peaks = meta["shape"]
+            elif args.streamed:
+                n_cells, n_peaks = size
+                print(f"scale: simulating a store of {n_cells} x {n_peaks} ...", file=sys.stderr, flush=True)
+                path, meta = simulate_store_once(n_cells, n_peaks, args.density, args.n_types,
+                                                 Path(args.store_dir or tmp))
             else:
                 n_cells, n_peaks = size
                 print(f"scale: simulating {n_cells} x {n_peaks} ...", file=sys.stderr, flush=True)
@@ -217,10 +259,13 @@ def main(argv=None):
                         "epochs": args.epochs if real else epochs, "max_batches": 0 if real else max_batches,
                         "nmf_max_iter": nmf_iter, "lsnmf_max_iter": lsnmf_iter, "latent_dim": args.latent_dim,
                         "n_init": args.n_init, "umap": args.umap, "export": args.export, "batch_size": args.batch_size,
-                        "profile": args.profile, "threads": args.threads, "device": args.device}
+                        "profile": args.profile, "threads": args.threads, "device": args.device,
+                        "streamed": args.streamed and not real, "nnz": meta["nnz"]}
                 print(f"scale: {method} ({decoder} decoder) on {n_cells} x {n_peaks} ...", file=sys.stderr, flush=True)
-                result = run_child(spec, args.timeout)
-                row = {"data": path.name if real else "simulated", "n_cells": n_cells, "n_peaks": n_peaks,
+                result = run_child(spec, args.timeout, args.processes if method in NEURAL else 1)
+                row = {"data": path.name if real else "store" if args.streamed else "simulated",
+                       "n_cells": n_cells, "n_peaks": n_peaks, "processes": args.processes if method in NEURAL else 1,
+                       "threads": args.threads or "",
                        "method": method, "decoder": decoder,
                        "batch_size": args.batch_size or "auto", "nnz": meta["nnz"],
                        "csr_mb": meta["csr_mb"], **result}
@@ -238,7 +283,7 @@ def main(argv=None):
                 print(render([row]).splitlines()[1], file=sys.stderr, flush=True)
                 if args.out:
                     write_tsv(args.out, rows)  # partial table survives an interrupted run
-            if not real:
+            if not real and not args.store_dir:
                 os.unlink(path)
     print(render(rows))
     if args.out:

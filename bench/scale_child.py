@@ -125,24 +125,35 @@ def child(spec: dict) -> dict:
     base_rss = rss_mb()
     import compare
     import scatac
-    from scatac import export, methods, runtime
+    from scatac import distributed, export, methods, runtime
     from scatac.train import Trainer, auto_batch_size
 
     runtime.set_threads(spec.get("threads"))
     out = {"status": "ok", "base_rss_mb": max(base_rss, rss_mb())}
     method = spec["method"]
     max_batches = spec.get("max_batches") or 0
-    fields = dict(device=runtime.select_device(spec.get("device", "cpu")), progress=False, max_batches=max_batches or None)
+    # under torchrun (bench/scale.py --processes N) every rank runs this; rank 0 writes the row
+    world = distributed.setup(runtime.select_device(spec.get("device", "cpu")))
+    device = distributed.device_for(runtime.select_device(spec.get("device", "cpu")), world)
+    fields = dict(device=device, progress=False, max_batches=max_batches or None)
     trainer = profiling_trainer(**fields) if spec.get("profile") else Trainer(**fields)
 
     t0 = time.perf_counter()
     path = Path(spec["path"])
-    adata = scatac.read(path, label_key="label") if path.suffix == ".h5ad" else scatac.read(path, labels=path / "labels.txt")
+    streamed = bool(spec.get("streamed"))
+    if streamed:  # the store stays on disk: the cells are read in blocks while training (scatac.streamed)
+        import anndata
+
+        adata = anndata.read_h5ad(path, backed="r")
+    else:
+        adata = scatac.read(path, label_key="label") if path.suffix == ".h5ad" else scatac.read(path, labels=path / "labels.txt")
     out["load_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    scatac.pp.filter(adata)
+    if not streamed:  # a simulated store is written as it is trained on
+        scatac.pp.filter(adata)
     out["filter_s"] = time.perf_counter() - t1
     out["cells_kept"], out["peaks_kept"] = adata.n_obs, adata.n_vars
+    nnz = spec["nnz"] if streamed else adata.X.nnz
 
     options = {}
     if method in methods.ALL and methods.ALL[method].kind == "neural":
@@ -168,7 +179,7 @@ def child(spec: dict) -> dict:
         out["epoch_note"] = (f"~{max_batches}b" if limited else "full") + ("(sum of stages)" if method == "StackedAE" else "")
         if method == "AE":
             call = trainer.calls[0]
-            dense_flops, sparse_flops, shapes = linear_flops_per_cell(model, adata.X.nnz / max(adata.n_obs, 1))
+            dense_flops, sparse_flops, shapes = linear_flops_per_cell(model, nnz / max(adata.n_obs, 1))
             achieved = (dense_flops + sparse_flops) * call["n_cells"] / out["epoch_s"] / 1e9  # AE has one train() call
             reference = mm_reference_gflops(shapes, call["batch_size"])
             out["achieved_gflops"], out["mm_gflops"] = achieved, reference
@@ -182,6 +193,14 @@ def child(spec: dict) -> dict:
     if spec.get("profile"):
         out["profile"] = [f"{method}, train() phase {i + 1}:\n{table}" for i, table in enumerate(trainer.tables)]
 
+    if world.is_distributed:
+        out["processes"] = world.size
+        out["peak_rss_mb"] = max(distributed.gather_objects(maxrss_mb(), world))  # the largest process's
+        distributed.teardown()
+        if not world.is_main:
+            return None
+    if streamed and max_batches:  # a few batches an epoch: the features mean nothing yet
+        return _finish(out, t0, adata, model)
     t3 = time.perf_counter()
     scores = scatac.tl.cluster(adata, use_rep=f"X_{method}", labels_key="label", n_init=spec["n_init"])
     out["eval_s"] = time.perf_counter() - t3
@@ -196,13 +215,19 @@ def child(spec: dict) -> dict:
             export.write_results(outdir, adata, method, labels_key="label", settings={"bench": "scale"})
             export.write_figures(outdir, adata, method, labels_key="label")
         out["export_s"] = time.perf_counter() - t5
+    return _finish(out, t0, adata, model)
+
+
+def _finish(out: dict, started: float, adata, model) -> dict:
     del model, adata
-    out["total_s"] = time.perf_counter() - t0
-    out["peak_rss_mb"] = maxrss_mb()
+    out["total_s"] = time.perf_counter() - started
+    out["peak_rss_mb"] = max(out.get("peak_rss_mb", 0.0), maxrss_mb())
     return out
 
 
 
 if __name__ == "__main__":
     spec = json.loads(Path(sys.argv[1]).read_text())
-    Path(sys.argv[2]).write_text(json.dumps(child(spec)))
+    result = child(spec)
+    if result is not None:  # rank 0's, or the only process's
+        Path(sys.argv[2]).write_text(json.dumps(result))

@@ -24,28 +24,26 @@ def _open_per_cell(X: sp.csr_matrix, peak_mask: np.ndarray) -> np.ndarray:
     return (so_far[X.indptr[1:]] - so_far[X.indptr[:-1]]).astype(np.int64)
 
 
-def filter_masks(X: sp.csr_matrix, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10,
-                 n_top_peaks=None, source="adata"):
-    """Which cells and peaks SCALE's filter keeps: (cell_mask, peak_mask, summary).
+def filter_decision(shape, cells_per_peak, keep_cells, open_per_cell, min_cells_per_peak=3, max_cells_per_peak=1.0,
+                    min_peaks_per_cell=10, n_top_peaks=None, source="adata"):
+    """SCALE's filter decided from counts its caller makes: (cell_mask, peak_mask, summary), as `filter_masks`
+    describes. Shared by `filter_masks` (a matrix in memory) and streamed.filter_store (passes over a store).
 
-    Peaks are kept when open in at least `min_cells_per_peak` and at most `max_cells_per_peak`
-    cells, then cells with at least `min_peaks_per_cell` open peaks among those; peaks that only
-    the dropped cells opened go too. With `n_top_peaks`, only that many of the kept peaks stay, those
-    open in the most kept cells (ties: the first in the file), and cells left with no open peak go.
-    Counted on X's structure, without a copy of the matrix.
+    shape : (n_cells, n_peaks). cells_per_peak : (n_peaks,) cells opening each peak.
+    keep_cells(peak_mask, threshold) -> (cell_mask, open_in_kept): the cells with at least `threshold` open peaks
+        among `peak_mask`, and the cells among those opening each peak, (n_peaks,) ints.
+    open_per_cell(peak_mask) -> (n_cells,) ints: each cell's open peaks among `peak_mask` (asked only when
+        `n_top_peaks` drops peaks, for the cells left with none of the top ones).
     """
-    n_cells, n_peaks = X.shape
-    cells_per_peak = np.bincount(X.indices, minlength=n_peaks)
+    n_cells, n_peaks = shape
     low = _as_count(min_cells_per_peak, n_cells)
     high = _as_count(max_cells_per_peak, n_cells)
     peak_mask = (cells_per_peak >= low) & (cells_per_peak <= high)
-    peaks_per_cell = _open_per_cell(X, peak_mask)
-    cell_mask = peaks_per_cell >= _as_count(min_peaks_per_cell, max(int(peak_mask.sum()), 1))
+    cell_mask, open_in_kept = keep_cells(peak_mask, _as_count(min_peaks_per_cell, max(int(peak_mask.sum()), 1)))
     if cell_mask.sum() == 0 or peak_mask.sum() == 0:
         fail(source, f"nothing left after filtering ({int(cell_mask.sum())} cells x {int(peak_mask.sum())} peaks kept of "
                      f"{n_cells} x {n_peaks}); lower --min-cells-per-peak / --min-peaks-per-cell")
     # peaks that only the dropped cells opened carry nothing
-    open_in_kept = np.bincount(X.indices[np.repeat(cell_mask, np.diff(X.indptr))], minlength=n_peaks)
     still_open = open_in_kept > 0
     in_range = peak_mask.copy()
     peak_mask &= still_open
@@ -60,7 +58,7 @@ def filter_masks(X: sp.csr_matrix, min_cells_per_peak=3, max_cells_per_peak=1.0,
         peak_mask &= top
     cells_before_top = int(cell_mask.sum())
     if not_top:
-        cell_mask &= _open_per_cell(X, peak_mask) > 0
+        cell_mask &= open_per_cell(peak_mask) > 0
     summary = {
         "cells_before": n_cells,
         "peaks_before": n_peaks,
@@ -74,6 +72,28 @@ def filter_masks(X: sp.csr_matrix, min_cells_per_peak=3, max_cells_per_peak=1.0,
         "cells_dropped_no_top_peak": cells_before_top - int(cell_mask.sum()),
     }
     return cell_mask, peak_mask, summary
+
+
+def filter_masks(X: sp.csr_matrix, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10,
+                 n_top_peaks=None, source="adata"):
+    """Which cells and peaks SCALE's filter keeps: (cell_mask, peak_mask, summary).
+
+    Peaks are kept when open in at least `min_cells_per_peak` and at most `max_cells_per_peak`
+    cells, then cells with at least `min_peaks_per_cell` open peaks among those; peaks that only
+    the dropped cells opened go too. With `n_top_peaks`, only that many of the kept peaks stay, those
+    open in the most kept cells (ties: the first in the file), and cells left with no open peak go.
+    Counted on X's structure, without a copy of the matrix.
+    """
+    n_peaks = X.shape[1]
+
+    def keep_cells(peak_mask, threshold):
+        cell_mask = _open_per_cell(X, peak_mask) >= threshold
+        open_in_kept = np.bincount(X.indices[np.repeat(cell_mask, np.diff(X.indptr))], minlength=n_peaks)
+        return cell_mask, open_in_kept
+
+    return filter_decision(X.shape, np.bincount(X.indices, minlength=n_peaks), keep_cells,
+                           lambda peak_mask: _open_per_cell(X, peak_mask), min_cells_per_peak, max_cells_per_peak,
+                           min_peaks_per_cell, n_top_peaks, source)
 
 
 def filter(adata, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10, n_top_peaks=None,

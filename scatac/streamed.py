@@ -20,9 +20,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from .batches import Batch, BatchSource, TrainData, rows_of
-from .errors import fail, info
+from .errors import info
 from .io.store import DEFAULT_BLOCK_CELLS, StoredCounts, StoreStatistics, canonical_rows, open_store, select_columns
-from .pp import _as_count, _open_per_cell, filter_message, peak_weights, transform_rows
+from .pp import _open_per_cell, filter_decision, filter_message, peak_weights, transform_rows
 
 
 def depth_logit(open_peaks: np.ndarray, n_peaks: int) -> np.ndarray:
@@ -56,18 +56,12 @@ def filter_store(counts: StoredCounts, min_cells_per_peak=3, max_cells_per_peak=
     -------
     cell_mask : (n_cells,) bool. peak_mask : (n_peaks,) bool. summary : dict, as pp.filter_masks's.
     """
-    source = counts.path
     statistics = statistics if statistics is not None else counts.statistics(block_cells, progress)
     n_cells, n_peaks = counts.shape
-    cells_per_peak = statistics.cells_per_peak
-    low = _as_count(min_cells_per_peak, n_cells)
-    high = _as_count(max_cells_per_peak, n_cells)
-    peak_mask = (cells_per_peak >= low) & (cells_per_peak <= high)
-    threshold = _as_count(min_peaks_per_cell, max(int(peak_mask.sum()), 1))
-    if peak_mask.all() and (statistics.peaks_per_cell >= threshold).all():
-        cell_mask = np.ones(n_cells, dtype=bool)
-        open_in_kept = cells_per_peak.copy()
-    else:
+
+    def keep_cells(peak_mask, threshold):
+        if peak_mask.all() and (statistics.peaks_per_cell >= threshold).all():
+            return np.ones(n_cells, dtype=bool), statistics.cells_per_peak.copy()
         cell_mask = np.zeros(n_cells, dtype=bool)
         open_in_kept = np.zeros(n_peaks, dtype=np.int64)
         for start, block in counts.blocks(block_cells, progress):
@@ -75,39 +69,16 @@ def filter_store(counts: StoredCounts, min_cells_per_peak=3, max_cells_per_peak=
             kept = _open_per_cell(block, peak_mask) >= threshold
             cell_mask[start:start + block.shape[0]] = kept
             open_in_kept += np.bincount(block.indices[np.repeat(kept, np.diff(block.indptr))], minlength=n_peaks)
-    if cell_mask.sum() == 0 or peak_mask.sum() == 0:
-        fail(source, f"nothing left after filtering ({int(cell_mask.sum())} cells x {int(peak_mask.sum())} peaks kept "
-                     f"of {n_cells} x {n_peaks}); lower --min-cells-per-peak / --min-peaks-per-cell")
-    still_open = open_in_kept > 0
-    in_range = peak_mask.copy()
-    peak_mask &= still_open
-    if peak_mask.sum() < 2:
-        fail(source, f"only {int(peak_mask.sum())} peak left after filtering; lower --min-cells-per-peak")
-    not_top = 0
-    if n_top_peaks is not None and peak_mask.sum() > n_top_peaks:
-        order = np.argsort(-np.where(peak_mask, open_in_kept, -1), kind="stable")
-        top = np.zeros(n_peaks, dtype=bool)
-        top[order[:n_top_peaks]] = True
-        not_top = int(peak_mask.sum() - n_top_peaks)
-        peak_mask &= top
-    cells_before_top = int(cell_mask.sum())
-    if not_top:
+        return cell_mask, open_in_kept
+
+    def open_per_cell(peak_mask):
+        open_peaks = np.zeros(n_cells, dtype=np.int64)
         for start, block in counts.blocks(block_cells, progress):
-            stop = start + block.shape[0]
-            cell_mask[start:stop] &= _open_per_cell(canonical_rows(block), peak_mask) > 0
-    summary = {
-        "cells_before": n_cells,
-        "peaks_before": n_peaks,
-        "cells_after": int(cell_mask.sum()),
-        "peaks_after": int(peak_mask.sum()),
-        "cells_dropped_few_peaks": int(n_cells - cell_mask.sum()),
-        "peaks_dropped_rare": int((cells_per_peak < low).sum()),
-        "peaks_dropped_common": int((cells_per_peak > high).sum()),
-        "peaks_dropped_empty_after_cell_filter": int((~still_open & in_range).sum()),
-        "peaks_dropped_not_top": not_top,
-        "cells_dropped_no_top_peak": cells_before_top - int(cell_mask.sum()),
-    }
-    return cell_mask, peak_mask, summary
+            open_peaks[start:start + block.shape[0]] = _open_per_cell(canonical_rows(block), peak_mask)
+        return open_peaks
+
+    return filter_decision(counts.shape, statistics.cells_per_peak, keep_cells, open_per_cell, min_cells_per_peak,
+                           max_cells_per_peak, min_peaks_per_cell, n_top_peaks, counts.path)
 
 
 class StoredData:
@@ -246,8 +217,16 @@ class StoredData:
         distributed.World: rank, size) has several processes, `stream_block_cells` cells a block and
         `stream_buffer_blocks` blocks a buffer (attributes, set them to change)."""
         shard = (world.rank, world.size) if world is not None and world.size > 1 else None
-        return StreamedBatches(self, batch_size, device, seed, rows, block_cells=self.stream_block_cells,
+        n_cells = self.n_cells if rows is None else len(rows)
+        # at least MIN_BLOCKS_PER_RANK blocks each, so that the blocks left over when they do not share out evenly
+        # (every rank takes as many batches as the least served) are a small part of an epoch
+        ranks = shard[1] if shard else 1
+        block_cells = max(1, min(self.stream_block_cells, n_cells // (MIN_BLOCKS_PER_RANK * ranks)))
+        return StreamedBatches(self, batch_size, device, seed, rows, block_cells=block_cells,
                                buffer_blocks=self.stream_buffer_blocks, max_batches=max_batches, shard=shard)
+
+
+MIN_BLOCKS_PER_RANK = 8
 
 
 def _take(data: TrainData, positions: np.ndarray) -> TrainData:

@@ -76,6 +76,24 @@ def _storable(value):
 MODEL_MODULES = {"AE": "ae", "SparseAE": "sparse_ae", "StackedAE": "stacked_ae", "VAE": "vae"}
 
 
+def _stored_data(adata, run, name: str, progress: bool):
+    """The cells of a backed AnnData (`anndata.read_h5ad(store, backed="r")`, a store of scatac.io.store) as
+    streamed.StoredData: read in blocks, transformed per block with per-peak weights from one pass. The
+    neighbour term needs every cell's neighbours at hand and is off when streaming (said once)."""
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    from .errors import info
+    from .streamed import StoredData
+
+    data = StoredData(adata.filename, run.options["transform"], progress=progress)
+    if run.training.neighbor_weight > 0:
+        info(f"{name}: neighbour term off: the cells are streamed from {adata.filename}")
+        run = replace(run, training=replace(run.training, neighbor_weight=0.0),
+                      options=MappingProxyType({**run.options, "neighbor_weight": 0.0}))
+    return data, run
+
+
 def _fit_neural(method: methods.Method, adata, latent_dim, *, layer, seed, device, key_added, progress, trainer,
                 options: dict) -> object:
     """Check every argument, then transform the counts, train and encode: what each autoencoder's function shares.
@@ -96,13 +114,19 @@ def _fit_neural(method: methods.Method, adata, latent_dim, *, layer, seed, devic
     run = method.resolve(options)
     seed, device = SEED.check(seed), DEVICE.check(device)
     latent_dim = LATENT_DIM.check(latent_dim)
-    counts = counts_of(adata, layer)
-    check_latent_size(latent_dim, *counts.shape, source=_source(adata))
+    streamed = getattr(adata, "isbacked", False)
+    if streamed and layer is not None:
+        fail("layer", "a backed AnnData (an on-disk store) is trained on its X; layers are read in memory only")
+    counts = None if streamed else counts_of(adata, layer)
+    check_latent_size(latent_dim, adata.n_obs, adata.n_vars, source=_source(adata))
     fit = importlib.import_module(f"{__package__}.models.{MODEL_MODULES[method.name]}").fit
     trainer = trainer or Trainer(device=select_device(device), progress=progress)
     started = time.perf_counter()
     set_seed(seed)
-    data = TrainData.from_counts(counts, run.options["transform"])
+    if streamed:
+        data, run = _stored_data(adata, run, method.name, progress=trainer.progress)
+    else:
+        data = TrainData.from_counts(counts, run.options["transform"])
     if run.training.neighbor_weight > 0:
         from .pp import reference_neighbors
 

@@ -29,3 +29,18 @@ def test_scale_quick_writes_table(tmp_path):
     assert [r["batch_size"] for r in ae] == ["64", "256", "64", "512"]
     # the simulated matrices are the ~2% dense, sparse kind the benchmark is about
     assert all(int(r["nnz"]) < 0.05 * int(r["n_cells"]) * int(r["n_peaks"]) for r in rows)
+
+
+def test_scale_streamed_from_a_store_on_two_processes(tmp_path):
+    """--streamed writes a store block by block and trains from it; --processes 2 runs torchrun (gloo, loopback)."""
+    out = tmp_path / "streamed.tsv"
+    proc = run_script("bench/scale.py", "--sizes", "3000x2000", "--density", "0.01", "--streamed", "--methods", "AE",
+                      "--decoders", "sampled", "--max-batches", "2", "--threads", "1", "--processes", "2",
+                      "--store-dir", tmp_path, "--out", out, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out) as handle:
+        (row,) = list(csv.DictReader(handle, delimiter="\t"))
+    assert (row["data"], row["processes"], row["status"]) == ("store", "2", "ok")
+    assert float(row["epoch_s"]) > 0 and float(row["peak_rss_mb"]) > 0 and row["epoch_note"].startswith("~2b")
+    assert row["ARI"] == ""  # two batches an epoch: not clustered
+    assert list(tmp_path.glob("store_3000x2000_*.h5ad"))  # kept for the next run with --store-dir

@@ -358,7 +358,9 @@ def test_the_trainers_hook_gives_this_processes_shard(stored):
         del stored.stream_block_cells  # back to the class's default
     assert [source.batches_per_epoch for source in sources] == [8, 8]
     seen = [np.concatenate(epoch_rows(source)) for source in sources]
-    assert [set(np.unique(rows // 100) % 2) for rows in seen] == [{0}, {1}]
+    block = sources[0].block_cells  # 50: at least 8 blocks a rank (streamed.MIN_BLOCKS_PER_RANK)
+    assert block == 50
+    assert [set(np.unique(rows // block) % 2) for rows in seen] == [{0}, {1}]
     assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(800))
 
 
@@ -385,3 +387,24 @@ def test_a_simulated_store_has_its_types_density_and_no_dependence_on_block_size
     cells_a = np.flatnonzero(a.obs["label"] == "type_A")
     half = [np.asarray(a.X[cells].mean(axis=0)).ravel() for cells in (cells_a[::2], cells_a[1::2])]
     assert np.abs(profile["type_A"] - profile["type_B"]).sum() > 2 * np.abs(half[0] - half[1]).sum()
+
+
+def test_an_autoencoder_trains_streamed_from_a_backed_store(tmp_path):
+    """tl.ae on a backed AnnData reads the store in blocks: every cell gets features, the neighbour term is off."""
+    import anndata
+    import torch
+
+    import scatac
+    from scatac.simulate import simulate_store
+    from scatac.train import Trainer
+
+    path = simulate_store(tmp_path / "cells.h5ad", 1500, 800, 0.03, n_types=3, progress=False) or tmp_path / "cells.h5ad"
+    adata = anndata.read_h5ad(path, backed="r")
+    trainer = Trainer(device=torch.device("cpu"), progress=False)
+    scatac.tl.ae(adata, 4, trainer=trainer, epochs=4, hidden_dims=(32,), decoder="sampled")
+    features = adata.obsm["X_AE"]
+    assert features.shape == (1500, 4) and np.isfinite(features).all()
+    assert adata.uns["AE"]["params"]["neighbor_weight"] == 0 and adata.uns["AE"]["decoder"] == "sampled"
+    assert trainer.calls[-1]["n_cells"] == 1500
+    scores = scatac.tl.cluster(adata, use_rep="X_AE", labels_key="label")
+    assert scores["ARI"] > 0.3  # three simulated types, far above chance (0)

@@ -171,24 +171,32 @@ def _h5_group(handle):
     return handle["matrix"] if "matrix" in handle else handle[next(iter(handle.keys()))]
 
 
+def _tenx_header(group, source) -> tuple:
+    """A 10x HDF5 matrix group's header: (n_features, n_cells, barcodes, names, types), the features' ids (or
+    names) and feature_type (None when absent), checked against its shape (peaks x cells, stored column-major).
+    Cell Ranger ATAC 1.x kept the peaks under "genes". A missing dataset raises KeyError, for the caller to name."""
+    n_features, n_cells = (int(v) for v in group["shape"][()])
+    barcodes = _h5_strings(group["barcodes"])
+    if "features" in group:
+        features = group["features"]
+        names = _h5_strings(features["id"] if "id" in features else features["name"])
+        types = _h5_strings(features["feature_type"]) if "feature_type" in features else None
+    else:  # Cell Ranger ATAC 1.x kept peaks under "genes"
+        names, types = _h5_strings(group["genes"]), None
+    if len(barcodes) != n_cells:
+        fail(source, f"has {len(barcodes)} barcodes but its matrix has {n_cells} cells")
+    if len(names) != n_features:
+        fail(source, f"has {len(names)} peaks but its matrix has {n_features} peaks")
+    return n_features, n_cells, barcodes, names, types
+
+
 def _load_10x_h5(path: Path) -> Matrix:
     import h5py
 
     try:
         with h5py.File(path, "r") as handle:
             group = _h5_group(handle)
-            n_peaks, n_cells = (int(v) for v in group["shape"][()])  # peaks x cells, stored column-major
-            barcodes = _h5_strings(group["barcodes"])
-            if "features" in group:
-                features = group["features"]
-                peaks = _h5_strings(features["id"] if "id" in features else features["name"])
-                types = _h5_strings(features["feature_type"]) if "feature_type" in features else None
-            else:  # Cell Ranger ATAC 1.x kept peaks under "genes"
-                peaks, types = _h5_strings(group["genes"]), None
-            if len(barcodes) != n_cells:
-                fail(path, f"has {len(barcodes)} barcodes but its matrix has {n_cells} cells")
-            if len(peaks) != n_peaks:
-                fail(path, f"has {len(peaks)} peaks but its matrix has {n_peaks} peaks")
+            n_peaks, n_cells, barcodes, peaks, types = _tenx_header(group, path)
             if group["indptr"].shape != (n_cells + 1,) or group["indices"].shape != group["data"].shape:
                 fail(path, "corrupt sparse matrix: indptr, indices and data do not fit its shape")
             data = group["data"][()].astype(np.float32)

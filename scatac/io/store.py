@@ -477,24 +477,13 @@ def _tenx_source(source: Path, handle) -> _Source:
     """Cell Ranger's .h5 streamed by cells: its peaks x cells CSC holds each cell's values contiguously, so a
     block of cells is one slice of `data` and `indices`. Only the "Peaks" features are kept (a Multiome file
     also holds genes), as scatac.read keeps them."""
-    from .matrices import _h5_group, _h5_strings
+    from .matrices import _h5_group, _tenx_header
 
     group = _h5_group(handle)
     for key in ("shape", "barcodes", "data", "indices", "indptr"):
         if key not in group:
             fail(source, f"not a 10x HDF5 matrix: it has no {key!r}")
-    n_features, n_cells = (int(v) for v in group["shape"][()])
-    barcodes = _h5_strings(group["barcodes"])
-    if "features" in group:
-        features = group["features"]
-        names = _h5_strings(features["id"] if "id" in features else features["name"])
-        types = _h5_strings(features["feature_type"]) if "feature_type" in features else None
-    else:  # Cell Ranger ATAC 1.x kept peaks under "genes"
-        names, types = _h5_strings(group["genes"]), None
-    if len(barcodes) != n_cells:
-        fail(source, f"has {len(barcodes)} barcodes but its matrix has {n_cells} cells")
-    if len(names) != n_features:
-        fail(source, f"has {len(names)} peaks but its matrix has {n_features} peaks")
+    n_features, n_cells, barcodes, names, types = _tenx_header(group, source)
     indptr = group["indptr"][()].astype(np.int64)
     indices, data = group["indices"], group["data"]
     if indptr.shape != (n_cells + 1,) or indices.shape != data.shape or indptr[0] != 0 or \
