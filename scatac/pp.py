@@ -106,6 +106,9 @@ def filter(adata, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_ce
     """
     values = FILTER.resolve(dict(min_cells_per_peak=min_cells_per_peak, max_cells_per_peak=max_cells_per_peak,
                                  min_peaks_per_cell=min_peaks_per_cell, n_top_peaks=n_top_peaks), where="filter")
+    if getattr(adata, "isbacked", False):
+        fail("adata", f"is backed by the on-disk store {adata.filename}: pp.filter subsets a matrix in memory; a store "
+                      "is trained on as written (scatac.streamed.filter_store gives its filter's masks in passes)")
     provenance = adata.uns.setdefault("scatac", {})
     cell_mask, peak_mask, summary = filter_masks(adata.X, **values, source=provenance.get("source", "adata"))
     # one copy of the matrix at a time: old and new coexist only within each step

@@ -408,3 +408,5 @@ def test_an_autoencoder_trains_streamed_from_a_backed_store(tmp_path):
     assert trainer.calls[-1]["n_cells"] == 1500
     scores = scatac.tl.cluster(adata, use_rep="X_AE", labels_key="label")
     assert scores["ARI"] > 0.3  # three simulated types, far above chance (0)
+    with pytest.raises(InputError, match="backed by the on-disk store"):
+        scatac.pp.filter(adata)

@@ -123,16 +123,3 @@ def test_in_memory_batches_keep_to_their_rows_and_their_limit(demo_adata):
     assert all(pairs is None for _, pairs in full)
     assert sorted(np.concatenate([batch.rows for batch, _ in full])) == rows.tolist()
 
-
-def test_the_neighbour_term_takes_at_most_neighbor_cells_of_a_large_batch(demo_adata):
-    from scatac.batches import NEIGHBOR_CELLS
-
-    data = train_data(demo_adata)
-    data.neighbors = np.tile(np.arange(data.n_cells), (data.n_cells, 1))[:, :6]
-    batch_size = 3 * NEIGHBOR_CELLS
-    for batch, (anchors, partners) in InMemoryBatches(data, batch_size, torch.device("cpu"), 0,
-                                                      neighbors=data.neighbors).epoch(1):
-        expected = min(NEIGHBOR_CELLS, len(batch.rows))
-        assert len(anchors.rows) == len(partners.rows) == expected
-        assert anchors.rows.tolist() == batch.rows[:expected].tolist()  # the batch's first cells: a random sample
-        assert (anchors is batch) == (len(batch.rows) <= NEIGHBOR_CELLS)
