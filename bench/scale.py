@@ -30,7 +30,7 @@ Columns:
                 only N batches per epoch are run, batches 2..N timed (the first pays one-off costs)
                 and scaled to a full epoch, marked "~" in epoch_note; NMF/LSNMF: seconds per iteration)
   total_s       load + filter + fit (incl. transform, encode) + K-means + scores (+ UMAP with --umap)
-  peak_rss_mb   ru_maxrss of the child process (its whole life: imports, load, fit, scores)
+  peak_rss_mb   ru_maxrss of the child process (imports, load, fit; the largest process's with --processes)
   base_rss_mb   RSS of the child right after imports, before loading (part of peak_rss_mb)
   csr_mb        data + indices + indptr bytes of the simulated (unfiltered) CSR matrix
   mem_ratio     peak_rss_mb / csr_mb
@@ -42,7 +42,11 @@ Columns:
                 nn.Linear products plus the sparse first layer's 2 x nnz x 512 (forward and grad-weight)
   mm_gflops     what plain torch.mm reaches, in the same process, on the dense layers' shapes at the
                 training batch size (forward, grad-input and grad-weight products)
-  mm_efficiency achieved_gflops / mm_gflops
+  mm_efficiency achieved_gflops / mm_gflops (not with --streamed: the reference products' own batch x n_peaks
+                matrices would be most of a streamed run's memory)
+  allreduce_s   with --processes N: one all-reduce across the ranks of a gradient the size of the model's
+                parameters (gloo on CPU), what DistributedDataParallel adds to each step
+  allreduce_share allreduce_s / the seconds of one step
 """
 from __future__ import annotations
 
@@ -70,7 +74,8 @@ DEFAULT_SIZES = "10000x100000,50000x100000,100000x100000"
 QUICK_SIZES = "2000x5000,4000x5000"
 COLUMNS = ["data", "n_cells", "n_peaks", "processes", "threads", "method", "decoder", "batch_size", "cells_kept", "peaks_kept", "nnz", "csr_mb", "load_s", "filter_s", "fit_s",
            "epochs", "epoch_s", "epoch_note", "eval_s", "umap_s", "export_s", "total_s", "base_rss_mb", "peak_rss_mb", "mem_ratio",
-           "within_budget", "mm_gflops", "achieved_gflops", "mm_efficiency", "ARI", "status"]
+           "within_budget", "mm_gflops", "achieved_gflops", "mm_efficiency", "allreduce_s", "allreduce_share", "ARI",
+           "status"]
 
 
 # --------------------------------------------------------------------------

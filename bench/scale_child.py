@@ -177,7 +177,12 @@ def child(spec: dict) -> dict:
         out["epochs"] = sum(call["epochs"] for call in trainer.calls)
         out["epoch_s"], limited = epoch_seconds(trainer.calls, max_batches)
         out["epoch_note"] = (f"~{max_batches}b" if limited else "full") + ("(sum of stages)" if method == "StackedAE" else "")
-        if method == "AE":
+        if world.is_distributed:
+            out["peak_rss_mb"] = maxrss_mb()  # the run's own, before the all-reduce below allocates a model's worth
+            out["allreduce_s"] = allreduce_seconds(model, world)
+            step_s = out["epoch_s"] / max(trainer.calls[-1]["batches_per_epoch"], 1)
+            out["allreduce_share"] = out["allreduce_s"] / step_s
+        if method == "AE" and not streamed:  # the reference products would dwarf a streamed run's memory
             call = trainer.calls[0]
             dense_flops, sparse_flops, shapes = linear_flops_per_cell(model, nnz / max(adata.n_obs, 1))
             achieved = (dense_flops + sparse_flops) * call["n_cells"] / out["epoch_s"] / 1e9  # AE has one train() call
@@ -195,7 +200,7 @@ def child(spec: dict) -> dict:
 
     if world.is_distributed:
         out["processes"] = world.size
-        out["peak_rss_mb"] = max(distributed.gather_objects(maxrss_mb(), world))  # the largest process's
+        out["peak_rss_mb"] = max(distributed.gather_objects(out["peak_rss_mb"], world))  # the largest process's
         distributed.teardown()
         if not world.is_main:
             return None
@@ -221,8 +226,25 @@ def child(spec: dict) -> dict:
 def _finish(out: dict, started: float, adata, model) -> dict:
     del model, adata
     out["total_s"] = time.perf_counter() - started
-    out["peak_rss_mb"] = max(out.get("peak_rss_mb", 0.0), maxrss_mb())
+    out.setdefault("peak_rss_mb", maxrss_mb())
     return out
+
+
+def allreduce_seconds(model, world, repeats: int = 3) -> float:
+    """Seconds one all-reduce of a gradient the size of `model`'s parameters takes across the ranks (the best of
+    `repeats`): what DistributedDataParallel adds to each step, measured apart from the step itself."""
+    import torch
+    import torch.distributed as dist
+
+    n_values = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    gradient = torch.zeros(n_values, device=next(model.parameters()).device)
+    best = float("inf")
+    for _ in range(repeats):
+        dist.barrier()
+        started = time.perf_counter()
+        dist.all_reduce(gradient)
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 

@@ -228,7 +228,10 @@ class Trainer:
         torch.manual_seed(int(np.random.default_rng([seed, self.world.rank]).integers(2**31)))
 
         return DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                       find_unused_parameters=partial or getattr(model, "some_parameters_wait", False))
+                                       find_unused_parameters=partial or getattr(model, "some_parameters_wait", False),
+                                       # the gradients live in DDP's all-reduce buckets: no second copy of two
+                                       # n_peaks x 512 matrices per process
+                                       gradient_as_bucket_view=True)
 
     def train(self, model, data: TrainData, config: TrainConfig, seed: int, *, loss_fn: Callable | None = None,
               parameters=None, phase: str = "train", epoch_callback: Callable | None = None, min_epochs: int = 0,
