@@ -268,8 +268,29 @@ def evaluate(latent: np.ndarray, labels, n_clusters: int | None, seed: int, n_in
     return clusters, scores, confusion
 
 
+# Above this many cells UMAP is fitted on a random sample of this many and the other cells are placed by the fitted
+# model's transform: the fit's neighbour search and layout grow with the cells fitted and keep all of them in memory,
+# while the transform places cells against the sample a chunk at a time.
+UMAP_FIT_CELLS = 200_000
+UMAP_TRANSFORM_CHUNK = 50_000  # cells placed per transform call: its memory grows with the chunk
+
+
 def umap_coordinates(latent: np.ndarray, seed: int) -> np.ndarray:
-    """2-D UMAP of the latent features, computed on the clustering space (centred, L2-normalized)."""
+    """2-D UMAP of the latent features, computed on the clustering space (centred, L2-normalized).
+
+    Parameters
+    ----------
+    latent : (n_cells, n_features) features.
+    seed : UMAP's random_state, and the sample's when there are more than UMAP_FIT_CELLS cells: UMAP is then fitted
+        on UMAP_FIT_CELLS cells drawn by default_rng(seed) and places the others with its `transform`, in chunks of
+        UMAP_TRANSFORM_CHUNK (one line on stderr says so).
+
+    Returns
+    -------
+    (n_cells, 2) float32 coordinates, in the cells' order.
+    """
+    if latent.shape[0] > UMAP_FIT_CELLS:
+        return _sampled_umap_coordinates(latent, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import umap
@@ -284,3 +305,39 @@ def umap_coordinates(latent: np.ndarray, seed: int) -> np.ndarray:
             n_epochs=200 if latent.shape[0] > 10000 else None,
         )
         return reducer.fit_transform(cluster_space(latent)).astype(np.float32)
+
+
+def _umap_model(n_cells: int, seed: int):
+    """umap_coordinates' UMAP for a fit on `n_cells` cells (the settings its in-memory path uses)."""
+    import umap
+
+    return umap.UMAP(
+        n_neighbors=int(min(15, max(2, n_cells - 1))),
+        min_dist=0.3,
+        metric="euclidean",
+        random_state=seed,
+        low_memory=n_cells > 50000,
+        n_epochs=200 if n_cells > 10000 else None,
+    )
+
+
+def _sampled_umap_coordinates(latent: np.ndarray, seed: int) -> np.ndarray:
+    """umap_coordinates above UMAP_FIT_CELLS cells: fitted on a seeded random sample, the rest placed by transform."""
+    from .errors import info
+
+    n_cells = latent.shape[0]
+    features = cluster_space(latent)  # centred over all cells, as the in-memory path centres them
+    sample = np.zeros(n_cells, dtype=bool)
+    sample[np.random.default_rng(seed).choice(n_cells, size=UMAP_FIT_CELLS, replace=False)] = True
+    info(f"UMAP: fitted on a random sample of {UMAP_FIT_CELLS:,} of the {n_cells:,} cells (seed {seed}); the other "
+         f"{n_cells - UMAP_FIT_CELLS:,} are placed by the fitted model's transform")
+    coordinates = np.empty((n_cells, 2), dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reducer = _umap_model(UMAP_FIT_CELLS, seed)
+        coordinates[sample] = reducer.fit_transform(features[sample])
+        rest = np.flatnonzero(~sample)
+        for start in range(0, len(rest), UMAP_TRANSFORM_CHUNK):
+            chunk = rest[start:start + UMAP_TRANSFORM_CHUNK]
+            coordinates[chunk] = reducer.transform(features[chunk])
+    return coordinates

@@ -4,6 +4,11 @@ W (n_cells, rank), the cell factors, are the features; H (rank, n_peaks), the pe
 which peaks each factor opens. NMF is scikit-learn's on the sparse matrix; LSNMF is nimfa's Lsnmf
 (Lin 2007) on a dense copy while that is under 1 GiB, else this module's sparse solver of the same
 algorithm. LSI (TF-IDF, truncated SVD) is the reference every comparison includes.
+
+From an on-disk store (scatac.io.store), never holding the matrix: fit_nmf_stored (MiniBatchNMF's
+partial_fit over the store's blocks), fit_lsnmf_stored (the sparse solver, each product with V one
+pass) and lsi_stored (a randomized SVD, each product with the matrix one pass), each block
+transformed with weights fitted on all cells (StoredInput).
 """
 from __future__ import annotations
 
@@ -85,13 +90,18 @@ def import_nimfa():
     return nimfa
 
 
-def factorization_error(X: sp.csr_matrix, W: np.ndarray, H: np.ndarray) -> float:
-    """Frobenius norm ||X - W H|| computed from X's non-zeros and the small factors, never densifying X."""
+def _squared_error(X: sp.csr_matrix, W: np.ndarray, H: np.ndarray) -> float:
+    """||X - W H||^2 from X's non-zeros and the small factors; a sum over row blocks of X (and W) is the whole's."""
     Xd = X.astype(np.float64) if X.dtype != np.float64 else X
     squared = float(Xd.data @ Xd.data)
     squared -= 2.0 * float(np.sum(np.asarray(Xd @ H.T) * W))
     squared += float(np.sum((W.T @ W) * (H @ H.T)))
-    return math.sqrt(max(squared, 0.0))
+    return squared
+
+
+def factorization_error(X: sp.csr_matrix, W: np.ndarray, H: np.ndarray) -> float:
+    """Frobenius norm ||X - W H|| computed from X's non-zeros and the small factors, never densifying X."""
+    return math.sqrt(max(_squared_error(X, W, H), 0.0))
 
 
 def random_vcol_init(X: sp.csr_matrix, rank: int, seed: int = 0, p_c: int | None = None, p_r: int | None = None):
@@ -102,7 +112,16 @@ def random_vcol_init(X: sp.csr_matrix, rank: int, seed: int = 0, p_c: int | None
     and hand the factors to either backend. Built with sparse selection matrices: O(nnz * rank).
     Returns W (n_cells, rank) and H (rank, n_peaks), float64.
     """
-    n_cells, n_peaks = X.shape
+    pick_cols, pick_rows = _vcol_picks(*X.shape, rank, seed, p_c, p_r)
+    Xd = X.astype(np.float64)
+    W = np.asarray((Xd @ pick_cols).toarray())
+    H = np.asarray((pick_rows @ Xd).toarray())
+    return W, H
+
+
+def _vcol_picks(n_cells: int, n_peaks: int, rank: int, seed: int, p_c: int | None = None, p_r: int | None = None):
+    """random_vcol_init's draws as two averaging matrices: pick_cols (n_peaks, rank) CSR, so that X pick_cols is W,
+    and pick_rows (rank, n_cells) CSR, so that pick_rows X is H; drawn in nimfa's order from RandomState(seed)."""
     p_c = p_c or int(math.ceil(n_peaks / 5))
     p_r = p_r or int(math.ceil(n_cells / 5))
     rng = np.random.RandomState(seed)
@@ -116,10 +135,7 @@ def random_vcol_init(X: sp.csr_matrix, rank: int, seed: int = 0, p_c: int | None
     pick_rows = sp.csr_matrix(
         (np.full(rank * p_r, 1.0 / p_r), (np.repeat(np.arange(rank), p_r), np.concatenate(rows))), shape=(rank, n_cells)
     )
-    Xd = X.astype(np.float64)
-    W = np.asarray((Xd @ pick_cols).toarray())
-    H = np.asarray((pick_rows @ Xd).toarray())
-    return W, H
+    return pick_cols, pick_rows
 
 
 def _pg_subproblem(WtV, WtW, H, eps, sub_iter, inner_sub_iter, beta):
@@ -181,6 +197,13 @@ def _lsnmf_sparse(X, W, H, max_iter, sub_iter, inner_sub_iter, beta, min_residua
     def wt_x(W):  # W^T X: (rank, n_peaks)
         return np.asarray(XT @ W.astype(dtype), dtype=np.float64).T
 
+    return _lsnmf_solve(x_ht, wt_x, W, H, max_iter, sub_iter, inner_sub_iter, beta, min_residuals)
+
+
+def _lsnmf_solve(x_ht, wt_x, W, H, max_iter, sub_iter, inner_sub_iter, beta, min_residuals):
+    """_lsnmf_sparse's iterations, given its two products with X as functions: x_ht(H) -> X H^T (n_cells, rank) and
+    wt_x(W) -> W^T X (rank, n_peaks), float64. In memory they are sparse products; from a store, each is one pass over
+    its blocks (fit_lsnmf_stored). Each iteration calls each once. Returns (W, H, details) as _lsnmf_sparse."""
     gW = W @ (H @ H.T) - x_ht(H)
     gH = (W.T @ W) @ H - wt_x(W)
     # nimfa computes its initial gradient norm as norm(vstack(gW, gH.T)); its vstack takes one
@@ -347,6 +370,448 @@ def lsi(X: sp.csr_matrix, n_components: int, seed: int = 0, drop_first: bool = T
     k = min(k, min(T.shape) - 1)
     svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=7, random_state=seed)
     scores = svd.fit_transform(T)
+    if drop_first:
+        scores = scores[:, 1:]
+    if unit_variance:
+        scores = scores / np.maximum(scores.std(axis=0, keepdims=True), 1e-12)
+    return scores.astype(np.float32)
+
+
+# ---- from an on-disk store (scatac.io.store): the matrix read a block of rows at a time, never whole ----------------
+
+# Cells of the random sample MiniBatchNMF's first step (and its `init`, nndsvda by default) is fitted on: the blocks
+# are runs of consecutive cells, and a store sorted by sample or type would start the factors from one of them.
+STORE_NMF_INIT_CELLS = 8192
+# sklearn's MiniBatchNMF defaults, which the streamed fit reproduces by hand (see _MiniBatchConvergence):
+MINIBATCH_FORGET_FACTOR = 0.7
+MINIBATCH_MAX_NO_IMPROVEMENT = 10
+# LSI's randomized SVD, as TruncatedSVD runs it in `lsi`: its power iterations and oversampling
+LSI_POWER_ITERATIONS = 7
+LSI_OVERSAMPLES = 10
+
+
+def _open_counts(counts):
+    """`counts` as a StoredCounts: one already open, or a store's path opened (open_store's errors name it)."""
+    from .io.store import StoredCounts, open_store
+
+    return counts if isinstance(counts, StoredCounts) else open_store(counts)
+
+
+class StoredInput:
+    """A store's rows as a factorization or LSI reads them: each block read and transformed with per-peak weights
+    fitted on every cell of the store, so that it comes out as the same rows of the whole matrix transformed in memory
+    (`factorization_input`, or `lsi`'s weighting) would, value for value.
+
+    Parameters
+    ----------
+    counts : StoredCounts or a store's path.
+    kind : 'counts' (the values as stored, float32) or one of pp.transform's kinds.
+    l2_normalize : tfidf's and idf's rows L2-normalized, as pp.transform gives them; False gives `lsi`'s tfidf
+        (Signac's, `pp.tfidf(X, l2_normalize=False)`).
+    block_cells, progress : the blocks and tqdm bar of the one pass that counts the weights' statistics (tfidf,
+        idf and maxabs only; the other kinds are row-local and need no pass).
+
+    Attributes
+    ----------
+    counts : the StoredCounts read. kind, l2_normalize : as given.
+    weights : (n_peaks,) float64 from pp.peak_weights, or None for the row-local kinds.
+    """
+
+    def __init__(self, counts, kind: str, *, l2_normalize: bool = True, block_cells: int | None = None,
+                 progress: bool = False):
+        from .io.store import DEFAULT_BLOCK_CELLS
+        from .pp import peak_weights
+
+        self.counts = _open_counts(counts)
+        self.kind = FACTORIZATION_TRANSFORM.check(kind)
+        self.l2_normalize = bool(l2_normalize)
+        self.weights = None
+        if kind in ("tfidf", "idf", "maxabs"):
+            statistics = self.counts.statistics(block_cells or DEFAULT_BLOCK_CELLS, progress)
+            self.weights = peak_weights(kind, statistics.cells_per_peak, self.counts.n_cells, statistics.peak_max)
+
+    @property
+    def shape(self) -> tuple:
+        return self.counts.shape
+
+    def __call__(self, block: sp.csr_matrix) -> sp.csr_matrix:
+        """`block` (CSR rows of the store's counts) transformed: CSR (rows, n_peaks) float32."""
+        from .pp import _weighted_rows, stored_nonzero, transform_rows
+
+        if self.kind == "counts":
+            return block
+        if self.kind in ("tfidf", "idf") and not self.l2_normalize:
+            # pp.transform_rows normalizes every row; LSI's tfidf is pp.tfidf's without it
+            X, weights = stored_nonzero(block), self.weights
+            if self.kind == "idf":
+                return _weighted_rows(X, lambda peaks, rows: weights[peaks], False)
+            depth = np.diff(X.indptr)
+            return _weighted_rows(X, lambda peaks, rows: np.log1p(1e4 * weights[peaks] / depth[rows]), False)
+        return transform_rows(block, self.kind, self.weights)
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows start..stop-1, transformed."""
+        return self(self.counts.read_rows(start, stop))
+
+    def cells(self, rows: np.ndarray) -> sp.csr_matrix:
+        """The cells `rows` (increasing reads them fastest), transformed, in the order given."""
+        return self(self.counts.read_cells(rows))
+
+    def blocks(self, block_cells: int):
+        """(first row, transformed CSR block) of `block_cells` consecutive rows, in order."""
+        for start, block in self.counts.blocks(block_cells):
+            yield start, self(block)
+
+
+def _progress_bar(progress: bool, unit: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=0, unit=unit, disable=not progress, leave=False, file=sys.stderr)
+
+
+class _MiniBatchConvergence:
+    """MiniBatchNMF's stopping rule (scikit-learn's `_minibatch_convergence`, step for step), which `fit` applies
+    and `partial_fit` leaves to its caller: stop when one step changes H by at most `tol` (relative, Frobenius), or
+    when an exponentially weighted average of the steps' batch costs has set no new low for `max_no_improvement`
+    steps. The first step is not judged (H has only just been initialized)."""
+
+    def __init__(self, n_samples: int, tol: float, max_no_improvement: int | None = MINIBATCH_MAX_NO_IMPROVEMENT):
+        self.n_samples, self.tol, self.max_no_improvement = n_samples, tol, max_no_improvement
+        self.steps = 0
+        self.ewa_cost = self.ewa_cost_min = None
+        self.no_improvement = 0
+
+    def converged(self, batch_rows: int, batch_cost: float | None, H: np.ndarray, H_before: np.ndarray) -> bool:
+        self.steps += 1
+        if self.steps == 1:
+            return False
+        H_diff = np.linalg.norm(H - H_before) / np.linalg.norm(H)
+        if self.tol > 0 and H_diff <= self.tol:
+            return True
+        if batch_cost is None:  # a scikit-learn that no longer reports the batch cost: the H rule alone
+            return False
+        if self.ewa_cost is None:
+            self.ewa_cost = batch_cost
+        else:
+            alpha = min(batch_rows / (self.n_samples + 1), 1.0)
+            self.ewa_cost = self.ewa_cost * (1 - alpha) + batch_cost * alpha
+        if self.ewa_cost_min is None or self.ewa_cost < self.ewa_cost_min:
+            self.no_improvement = 0
+            self.ewa_cost_min = self.ewa_cost
+        else:
+            self.no_improvement += 1
+        return self.max_no_improvement is not None and self.no_improvement >= self.max_no_improvement
+
+
+def _reporting_minibatch_nmf(**params):
+    """A MiniBatchNMF that keeps the cost of its last mini-batch step as `batch_cost_`.
+
+    `partial_fit` computes that cost (scikit-learn's `_minibatch_step` returns it) but drops it; the stopping rule
+    `fit` applies needs it. Overriding the private step is the one way to read it without computing each batch's
+    factors twice; should a scikit-learn release rename the step, `batch_cost_` stays unset and the fit stops by
+    the change of H alone.
+    """
+    from sklearn.decomposition import MiniBatchNMF
+
+    class ReportingMiniBatchNMF(MiniBatchNMF):
+        def _minibatch_step(self, X, W, H, update_H):
+            cost = super()._minibatch_step(X, W, H, update_H)
+            self.batch_cost_ = float(cost)
+            return cost
+
+    return ReportingMiniBatchNMF(**params)
+
+
+def fit_nmf_stored(counts, rank: int, seed: int = 0, *, batch_size: int = 1024, block_cells: int | None = None,
+                   init_cells: int | None = None, progress: bool = False, **options):
+    """NMF (Frobenius loss) of a store's transformed counts by scikit-learn's MiniBatchNMF, one block of rows at a time.
+
+    The counts are never held whole: each pass reads the store's blocks of `block_cells` consecutive cells in a
+    random order (default_rng([seed, pass])), transforms each with the store-wide weights (StoredInput), shuffles its
+    cells and hands them to `partial_fit` in mini-batches of about `batch_size`. The first step is a random sample of
+    `init_cells` cells (default_rng(seed)), on which `init` starts H. Then `transform` solves each block's cell factors
+    with H fixed, in store order. The forgetting factor is set so that each step weighs the past as MiniBatchNMF's
+    `fit` weighs it on all cells (`partial_fit` would take its first call's rows for all of them), and the passes stop
+    by `fit`'s rule (_MiniBatchConvergence) or after `max_iter` passes.
+
+    Parameters
+    ----------
+    counts : StoredCounts or a store's path (scatac.io.store), cells x peaks.
+    rank : the factors, the latent dimension (check_rank's rules).
+    seed : the init sample, the block and cell orders and MiniBatchNMF's random_state.
+    batch_size : cells per `partial_fit` step (the in-memory minibatch backend's batch_size); at most block_cells,
+        since a step takes its cells from one block.
+    block_cells : cells read at a time (None: the store's DEFAULT_BLOCK_CELLS); memory grows with it.
+    init_cells : cells of the first step's random sample (None: STORE_NMF_INIT_CELLS).
+    progress : a tqdm bar over each pass's blocks, then the transform's.
+    options : NMF_OPTIONS. `max_iter` counts passes over the store; `transform` makes V (default idf); `init` and
+        `tol` as MiniBatchNMF takes them. backend must be 'auto' or 'minibatch' and solver 'mu' (MiniBatchNMF has
+        multiplicative updates only): anything else is an InputError.
+
+    Returns
+    -------
+    cell_factors : (n_cells, rank) float32, W. loadings : (rank, n_peaks) float32, H.
+    info : dict, fit_nmf's keys (backend 'minibatch', solver 'mu', n_iter: the passes started, converged: stopped by
+        the rule before max_iter, reconstruction_err: ||V - W H|| over all cells) and streamed (True), n_steps,
+        block_cells, init_cells, forget_factor.
+    """
+    from .io.store import DEFAULT_BLOCK_CELLS
+
+    block_cells = int(block_cells or DEFAULT_BLOCK_CELLS)
+    batch_size = min(batch_size, block_cells)
+    counts = _open_counts(counts)
+    n_cells, n_peaks = counts.shape
+    rank = check_rank(rank, n_cells, n_peaks)
+    o = NMF_OPTIONS.resolve(options, where="nmf")
+    transform, max_iter, init, solver, tol, backend = (o[k] for k in ("transform", "max_iter", "init", "solver", "tol", "backend"))
+    if backend == "full":
+        fail("backend", f"a store ({counts.path}) is factorized by MiniBatchNMF a block at a time: 'full' NMF needs "
+                        "the matrix in memory; use backend 'auto' or 'minibatch', or read the store whole")
+    if solver != "mu":
+        fail("solver", "MiniBatchNMF, which factorizes a store, has multiplicative updates only: use solver 'mu'")
+    started = time.perf_counter()
+    data = StoredInput(counts, transform, block_cells=block_cells, progress=progress)
+    rng = np.random.default_rng(seed)
+    init_cells = STORE_NMF_INIT_CELLS if init_cells is None else int(init_cells)
+    sample = np.sort(rng.choice(n_cells, size=min(n_cells, init_cells), replace=False))
+    first = data.cells(sample)
+    # partial_fit fixes its forgetting rho = forget_factor ** (batch / rows of its first call); fit's is
+    # 0.7 ** (batch / n_cells): the factor below makes the first equal the second
+    first_batch = min(batch_size, first.shape[0])
+    forget_factor = MINIBATCH_FORGET_FACTOR ** (min(batch_size, n_cells) * first.shape[0] / (n_cells * first_batch))
+    model = _reporting_minibatch_nmf(n_components=rank, init=init, batch_size=batch_size, tol=tol,
+                                     forget_factor=forget_factor, max_no_improvement=MINIBATCH_MAX_NO_IMPROVEMENT,
+                                     random_state=seed)
+    rule = _MiniBatchConvergence(n_cells, tol)
+    starts = np.arange(0, n_cells, block_cells)
+    converged = False
+    n_passes = 0
+
+    def step(V) -> bool:
+        before = model.components_.copy() if hasattr(model, "components_") else None
+        model.partial_fit(V)
+        if before is None:
+            rule.steps += 1  # the init step, which the rule does not judge
+            return False
+        return rule.converged(V.shape[0], getattr(model, "batch_cost_", None), model.components_, before)
+
+    with _progress_bar(progress, " blocks") as bar:
+        step(first)
+        del first
+        for n_passes in range(1, max_iter + 1):
+            bar.reset(total=len(starts))
+            bar.set_description(f"NMF pass {n_passes}")
+            order = np.random.default_rng([seed, n_passes])
+            for start in starts[order.permutation(len(starts))]:
+                block = data.rows(start, start + block_cells)
+                shuffled = order.permutation(block.shape[0])
+                # nearly equal mini-batches: a tail of a few cells would move H as much as a full batch
+                for rows in np.array_split(shuffled, max(1, round(block.shape[0] / batch_size))):
+                    if step(block[rows]):
+                        converged = True
+                        break
+                bar.update(1)
+                if converged:
+                    break
+            if converged:
+                break
+        H = np.asarray(model.components_, dtype=np.float64)
+        W = np.empty((n_cells, rank), dtype=np.float32)
+        squared = 0.0
+        bar.reset(total=len(starts))
+        bar.set_description("NMF cell factors")
+        for start, V in data.blocks(block_cells):
+            W_block = model.transform(V)
+            W[start:start + V.shape[0]] = W_block
+            squared += _squared_error(V, np.asarray(W_block, dtype=np.float64), H)
+            bar.update(1)
+    info_dict = {
+        "backend": "minibatch",
+        "streamed": True,
+        "transform": transform,
+        "rank": rank,
+        "seed": seed,
+        "init": init,
+        "solver": "mu",
+        "max_iter": max_iter,
+        "tol": tol,
+        "n_iter": n_passes,
+        "n_steps": int(model.n_steps_),
+        "converged": converged,
+        "fit_s": time.perf_counter() - started,
+        "reconstruction_err": math.sqrt(max(squared, 0.0)),
+        "batch_size": batch_size,
+        "block_cells": block_cells,
+        "init_cells": int(len(sample)),
+        "forget_factor": forget_factor,
+    }
+    return W, H.astype(np.float32), info_dict
+
+
+def fit_lsnmf_stored(counts, rank: int, seed: int = 0, *, block_cells: int | None = None, progress: bool = False,
+                     **options):
+    """LSNMF (Lin 2007) of a store's transformed counts, read a block of rows at a time: fit_lsnmf's sparse solver.
+
+    The solver touches V only through V H^T (n_cells x rank) and W^T V (rank x n_peaks) (_lsnmf_solve), and each is one
+    pass over the store's blocks: the first row-local, the second summed over the blocks. So the iterations are the
+    in-memory sparse backend's, from the same random_vcol start (one pass), with the factors in memory
+    (O((n_cells + n_peaks) * rank)); only the order of the sums over cells differs, which moves the factors by
+    rounding. Each iteration is two passes: max_iter (50 by default) iterations read the store about 2 * max_iter + 4
+    times (the weights, the start, the first gradients, the error).
+
+    Parameters
+    ----------
+    counts : StoredCounts or a store's path, cells x peaks.
+    rank, seed : as fit_lsnmf takes them.
+    block_cells : cells read at a time (None: the store's DEFAULT_BLOCK_CELLS).
+    progress : a tqdm bar over each pass's blocks.
+    options : LSNMF_OPTIONS. backend must be 'auto' or 'sparse': nimfa works on a dense copy in memory.
+
+    Returns
+    -------
+    cell_factors : (n_cells, rank) float32, W. loadings : (rank, n_peaks) float32, H.
+    info : dict, fit_lsnmf's keys (backend 'sparse', n_iter, projected_gradient_norm, reconstruction_err over all
+        cells) and streamed (True), passes (the reads of the whole store), block_cells.
+    """
+    from .io.store import DEFAULT_BLOCK_CELLS
+
+    block_cells = int(block_cells or DEFAULT_BLOCK_CELLS)
+    counts = _open_counts(counts)
+    n_cells, n_peaks = counts.shape
+    rank = check_rank(rank, n_cells, n_peaks)
+    o = LSNMF_OPTIONS.resolve(options, where="lsnmf")
+    transform, max_iter, backend = o["transform"], o["max_iter"], o["backend"]
+    sub_iter, inner_sub_iter, beta, min_residuals = o["sub_iter"], o["inner_sub_iter"], o["beta"], o["min_residuals"]
+    if backend == "nimfa":
+        fail("backend", f"nimfa factorizes a dense copy of the matrix in memory; a store ({counts.path}) is factorized "
+                        "by the sparse solver a block at a time: use backend 'auto' or 'sparse'")
+    started = time.perf_counter()
+    data = StoredInput(counts, transform, block_cells=block_cells, progress=progress)
+    n_blocks = math.ceil(n_cells / block_cells)
+    passes = 0
+    with _progress_bar(progress, " blocks") as bar:
+
+        def blocks(what: str):
+            nonlocal passes
+            passes += 1
+            bar.reset(total=n_blocks)
+            bar.set_description(f"LSNMF pass {passes}: {what}")
+            for start, V in data.blocks(block_cells):
+                yield start, V
+                bar.update(1)
+
+        # random_vcol_init's start: W's rows are row-local, H's a sum over the blocks
+        pick_cols, pick_rows = _vcol_picks(n_cells, n_peaks, rank, seed)
+        pick_rows = pick_rows.tocsc()
+        W0 = np.empty((n_cells, rank))
+        H0 = np.zeros((rank, n_peaks))
+        for start, V in blocks("start"):
+            Vd = V.astype(np.float64)
+            W0[start:start + V.shape[0]] = (Vd @ pick_cols).toarray()
+            H0 += (pick_rows[:, start:start + V.shape[0]] @ Vd).toarray()
+
+        # the blocks are float32, as the in-memory input is: the products are taken in it, as _lsnmf_sparse's are
+        def x_ht(H):
+            Ht = H.T.astype(np.float32)
+            out = np.empty((n_cells, rank))
+            for start, V in blocks("V H^T"):
+                out[start:start + V.shape[0]] = V @ Ht
+            return out
+
+        def wt_x(W):
+            Wf = W.astype(np.float32)
+            out = np.zeros((n_peaks, rank))
+            for start, V in blocks("W^T V"):
+                out += V.T @ Wf[start:start + V.shape[0]]
+            return out.T
+
+        W, H, details = _lsnmf_solve(x_ht, wt_x, W0, H0, max_iter, sub_iter, inner_sub_iter, beta, min_residuals)
+        squared = 0.0
+        for start, V in blocks("error"):
+            squared += _squared_error(V, W[start:start + V.shape[0]], H)
+    info_dict = {
+        "backend": "sparse",
+        "streamed": True,
+        "transform": transform,
+        "rank": rank,
+        "seed": seed,
+        "init": "random_vcol",
+        "max_iter": max_iter,
+        "sub_iter": sub_iter,
+        "inner_sub_iter": inner_sub_iter,
+        "beta": beta,
+        "fit_s": time.perf_counter() - started,
+        "reconstruction_err": math.sqrt(max(squared, 0.0)),
+        "passes": passes + (data.weights is not None),
+        "block_cells": block_cells,
+        **details,
+    }
+    return W.astype(np.float32), H.astype(np.float32), info_dict
+
+
+def lsi_stored(counts, n_components: int, seed: int = 0, drop_first: bool = True, transform: str = "tfidf",
+               unit_variance: bool = True, *, n_iter: int = LSI_POWER_ITERATIONS, n_oversamples: int = LSI_OVERSAMPLES,
+               block_cells: int | None = None, progress: bool = False) -> np.ndarray:
+    """`lsi` of a store's counts, read a block of rows at a time: a randomized SVD (Halko, Martinsson and Tropp 2011)
+    whose every product with the weighted matrix A (n_cells x n_peaks) is a pass over the store's blocks.
+
+    A random Gaussian Z (n_peaks x l, l = the components + `n_oversamples`, default_rng(seed)) is orthonormalized;
+    each of `n_iter` power iterations is one pass, Z <- QR(A^T (A Z)) with each block's rows A_b contributing
+    A_b^T (A_b Z), so that Z converges to A's leading right singular vectors; a last pass gives Y = A Z
+    (n_cells x l) and the small SVD Y = U S V^T gives the scores U S, which are A's projection on the right singular
+    vectors Z V (what TruncatedSVD's fit_transform returns). Signs follow TruncatedSVD's rule (svd_flip,
+    u_based_decision=False), so that both give the same sign where they find the same component. Power iterations
+    and oversampling default to those of `lsi`'s TruncatedSVD.
+
+    Parameters
+    ----------
+    counts : StoredCounts or a store's path, cells x peaks.
+    n_components, seed, drop_first, transform, unit_variance : as `lsi` takes them.
+    n_iter : power iterations, one pass each. n_oversamples : extra random directions.
+    block_cells : cells read at a time (None: the store's DEFAULT_BLOCK_CELLS).
+    progress : a tqdm bar over the passes' blocks.
+
+    Returns
+    -------
+    (n_cells, n_components) float32 scores, as `lsi` returns them: the first component dropped (drop_first), each
+    scaled to unit variance (unit_variance) or weighted by its singular value. Memory: O((n_cells + n_peaks) * l)
+    besides one block.
+    """
+    from sklearn.utils.extmath import svd_flip
+
+    from .io.store import DEFAULT_BLOCK_CELLS
+
+    if transform not in LSI_TRANSFORMS:
+        fail("transform", f"must be one of {', '.join(map(repr, LSI_TRANSFORMS))}, got {transform!r}")
+    block_cells = int(block_cells or DEFAULT_BLOCK_CELLS)
+    counts = _open_counts(counts)
+    n_cells, n_peaks = counts.shape
+    # idf's rows are L2-normalized in `lsi` (pp.idf); tfidf's are not (pp.tfidf(X, l2_normalize=False))
+    data = StoredInput(counts, transform, l2_normalize=transform == "idf", block_cells=block_cells, progress=progress)
+    k = n_components + (1 if drop_first else 0)
+    k = min(k, min(n_cells, n_peaks) - 1)
+    width = min(k + n_oversamples, n_cells, n_peaks)
+    Z, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n_peaks, width)))
+    n_blocks = math.ceil(n_cells / block_cells)
+    with _progress_bar(progress, " blocks") as bar:
+        for iteration in range(n_iter):
+            bar.reset(total=n_blocks)
+            bar.set_description(f"LSI power iteration {iteration + 1}/{n_iter}")
+            gram = np.zeros((n_peaks, width))
+            for _, A in data.blocks(block_cells):
+                gram += A.T @ (A @ Z)
+                bar.update(1)
+            Z, _ = np.linalg.qr(gram)
+        bar.reset(total=n_blocks)
+        bar.set_description("LSI projection")
+        Y = np.empty((n_cells, width))
+        for start, A in data.blocks(block_cells):
+            Y[start:start + A.shape[0]] = A @ Z
+            bar.update(1)
+    U, S, Vt = np.linalg.svd(Y, full_matrices=False)
+    U, S, components = U[:, :k], S[:k], (Z @ Vt[:k].T).T  # components: (k, n_peaks), A's right singular vectors
+    U, components = svd_flip(U, components, u_based_decision=False)
+    scores = U * S
     if drop_first:
         scores = scores[:, 1:]
     if unit_variance:

@@ -30,7 +30,8 @@ import scipy.sparse as sp
 from . import methods
 from .errors import fail
 from .evaluate import evaluate, umap_coordinates
-from .factorization import check_rank, fit_lsnmf, fit_nmf, lsi as lsi_features
+from .factorization import (check_rank, fit_lsnmf, fit_lsnmf_stored, fit_nmf, fit_nmf_stored, lsi as lsi_features,
+                            lsi_stored)
 from .params import CLUSTER, DEVICE, LATENT_DIM, N_CLUSTERS, N_INIT, RESOLUTION, SEED, check_latent_size
 
 
@@ -202,62 +203,176 @@ def vae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device: str =
                        progress=progress, trainer=trainer, options=options)
 
 
-def _fit_factorization(method: methods.Method, fit, adata, latent_dim, *, layer, seed, key_added, options):
-    """Check every argument, then factorize: what NMF's and LSNMF's functions share."""
+# Cells a factorization or LSI of a backed AnnData reads from its store at a time (None: the store's
+# DEFAULT_BLOCK_CELLS); memory grows with it. A module attribute, so that tests can cut small stores into many blocks.
+STORE_BLOCK_CELLS = None
+
+
+def _is_backed(adata) -> bool:
+    return bool(getattr(adata, "isbacked", False))
+
+
+def _store_of(adata, name: str, layer):
+    """The store (scatac.io.store.StoredCounts) behind a backed AnnData, checked to hold exactly its cells and peaks.
+
+    A view of a backed AnnData (`adata[cells]`) shares the file but not its rows, and a layer lives outside the
+    store's X: both are refused, as the streamed autoencoders refuse a layer.
+    """
+    from .io.store import open_store
+
+    if layer is not None:
+        fail("layer", f"{name} of a backed AnnData (an on-disk store) reads its X; layers are read in memory only")
+    if getattr(adata, "is_view", False):
+        fail("adata", f"is a view of the on-disk store {adata.filename}: {name} reads the whole store; write the cells "
+                      "as a store of their own (scatac.io.store.write_store), or load them (adata.to_memory())")
+    counts = open_store(adata.filename)
+    if counts.shape != tuple(adata.shape):
+        counts.close()
+        fail("adata", f"has {adata.n_obs} cells x {adata.n_vars} peaks but its store {adata.filename} holds "
+                      f"{counts.n_cells} x {counts.n_peaks}")
+    return counts
+
+
+def _fit_factorization(method: methods.Method, fit, stored_fit, adata, latent_dim, *, layer, seed, key_added,
+                       progress, options):
+    """Check every argument, then factorize: what NMF's and LSNMF's functions share.
+
+    An AnnData in memory is factorized by `fit` on its counts; one backed by a store by `stored_fit`, which reads the
+    store a block of rows at a time.
+    """
     options = method.options.resolve(options, where=method.name)
     seed = SEED.check(seed)
-    counts = counts_of(adata, layer)
-    latent_dim = check_rank(latent_dim, *counts.shape, source=_source(adata))
-    cell_factors, loadings, details = fit(counts, latent_dim, seed=seed, **options)
+    streamed = _is_backed(adata)
+    if streamed:
+        counts = _store_of(adata, method.name, layer)
+        try:
+            latent_dim = check_rank(latent_dim, *counts.shape, source=_source(adata))
+            cell_factors, loadings, details = stored_fit(counts, latent_dim, seed=seed, block_cells=STORE_BLOCK_CELLS,
+                                                         progress=progress, **options)
+        finally:
+            counts.close()
+    else:
+        counts = counts_of(adata, layer)
+        latent_dim = check_rank(latent_dim, *counts.shape, source=_source(adata))
+        cell_factors, loadings, details = fit(counts, latent_dim, seed=seed, **options)
     adata.obsm[f"X_{key_added}"] = cell_factors
     adata.varm[f"{key_added}_loadings"] = np.ascontiguousarray(loadings.T)
     details = {k: v for k, v in details.items() if k != "history"}
-    adata.uns[key_added] = _storable({"method": method.name, "params": {"latent_dim": latent_dim, "seed": seed, "layer": layer,
-                                                                  **options},
-                                     "seconds": {"fit_s": details["fit_s"]}, "factorization": details})
+    record = {"method": method.name, "params": {"latent_dim": latent_dim, "seed": seed, "layer": layer, **options},
+              "seconds": {"fit_s": details["fit_s"]}, "factorization": details}
+    if streamed:
+        record["streamed"] = True
+    adata.uns[key_added] = _storable(record)
 
 
 @_documented(methods.NMF)
-def nmf(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: str = "NMF", **options):
+def nmf(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: str = "NMF", progress: bool = True,
+        **options):
     """NMF (scikit-learn, Frobenius loss) of the transformed counts, V ~ W H, never densified.
 
-    Writes obsm["X_NMF"] (cells x latent_dim, W: the rank is the latent dimension), varm["NMF_loadings"] (peaks x
-    latent_dim, H transposed) and uns["NMF"]; returns None.
+    In memory, factorization.fit_nmf (full NMF, or MiniBatchNMF above its threshold). An AnnData backed by an
+    on-disk store (`anndata.read_h5ad(store, backed="r")`, scatac.io.store) is factorized from the store a block of
+    cells at a time, never whole (factorization.fit_nmf_stored): MiniBatchNMF's partial_fit over the blocks, each
+    transformed with weights fitted on all cells, in a shuffled order each pass; `max_iter` then counts passes over
+    the store, stopped earlier by MiniBatchNMF's own rule.
+
+    Parameters
+    ----------
+    adata : AnnData, cells x peaks counts in X (or `layer`), in memory or backed by a store.
+    latent_dim : the rank of the factorization.
+    layer : read adata.layers[layer] instead of X (in memory only).
+    seed : the start and, from a store, the sample, block and cell orders.
+    key_added : where the results go.
+    progress : from a store, a tqdm bar over each pass's blocks (ignored in memory).
+    options : the card's options, listed below.
+
+    Returns
+    -------
+    None. Writes obsm["X_<key_added>"] (n_cells, latent_dim) float32 (W), varm["<key_added>_loadings"]
+    (n_peaks, latent_dim) float32 (H transposed) and uns[key_added]: method, params, seconds, factorization (the
+    fit's details) and, from a store, streamed (True).
     """
-    _fit_factorization(methods.NMF, fit_nmf, adata, latent_dim, layer=layer, seed=seed, key_added=key_added,
-                       options=options)
+    _fit_factorization(methods.NMF, fit_nmf, fit_nmf_stored, adata, latent_dim, layer=layer, seed=seed,
+                       key_added=key_added, progress=progress, options=options)
 
 
 @_documented(methods.LSNMF)
-def lsnmf(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: str = "LSNMF", **options):
+def lsnmf(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: str = "LSNMF", progress: bool = True,
+          **options):
     """LSNMF (Lin 2007, nimfa's Lsnmf or the suite's sparse solver of the same algorithm), V ~ W H.
 
-    Writes obsm["X_LSNMF"] (cells x latent_dim), varm["LSNMF_loadings"] (peaks x latent_dim) and uns["LSNMF"];
-    returns None.
+    In memory, factorization.fit_lsnmf. An AnnData backed by an on-disk store (`anndata.read_h5ad(store,
+    backed="r")`) is factorized by the same sparse solver with its two products with V taken a block of cells at a
+    time (factorization.fit_lsnmf_stored): the same iterations, two passes over the store each, the factors in memory.
+
+    Parameters
+    ----------
+    adata : AnnData, cells x peaks counts in X (or `layer`), in memory or backed by a store.
+    latent_dim : the rank of the factorization.
+    layer : read adata.layers[layer] instead of X (in memory only).
+    seed : the random_vcol start's.
+    key_added : where the results go.
+    progress : from a store, a tqdm bar over each pass's blocks (ignored in memory).
+    options : the card's options, listed below (backend 'nimfa' needs the matrix in memory).
+
+    Returns
+    -------
+    None. Writes obsm["X_<key_added>"] (n_cells, latent_dim) float32 (W), varm["<key_added>_loadings"]
+    (n_peaks, latent_dim) float32 (H transposed) and uns[key_added]: method, params, seconds, factorization and,
+    from a store, streamed (True).
     """
-    _fit_factorization(methods.LSNMF, fit_lsnmf, adata, latent_dim, layer=layer, seed=seed, key_added=key_added,
-                       options=options)
+    _fit_factorization(methods.LSNMF, fit_lsnmf, fit_lsnmf_stored, adata, latent_dim, layer=layer, seed=seed,
+                       key_added=key_added, progress=progress, options=options)
 
 
 def lsi(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, transform: str = "tfidf",
-        unit_variance: bool = True, key_added: str = "LSI"):
+        unit_variance: bool = True, key_added: str = "LSI", progress: bool = True):
     """LSI: a weighted binary matrix, truncated SVD, the first (depth) component dropped.
 
     transform "tfidf" (default): Signac's and ArchR's TF-IDF; "idf": SnapATAC2's IDF weighting with rows
-    L2-normalized (the input of NMF and LSNMF by default). Writes obsm["X_<key_added>"] (n_cells,
-    latent_dim), each component scaled to unit variance as Signac's RunSVD (unit_variance) or weighted by
-    its singular value, and uns[key_added].
+    L2-normalized (the input of NMF and LSNMF by default). In memory, factorization.lsi (TruncatedSVD). An AnnData
+    backed by an on-disk store (`anndata.read_h5ad(store, backed="r")`) is read from the store a block of cells at a
+    time (factorization.lsi_stored): a randomized SVD whose every product with the matrix is a pass over the store,
+    one pass for the weights and one per power iteration, and one for the scores.
+
+    Parameters
+    ----------
+    adata : AnnData, cells x peaks counts in X (or `layer`), in memory or backed by a store.
+    latent_dim : the components kept (after the first is dropped).
+    layer : read adata.layers[layer] instead of X (in memory only).
+    seed : the random projection's.
+    transform : "tfidf" or "idf".
+    unit_variance : each component scaled to unit variance as Signac's RunSVD, or weighted by its singular value.
+    key_added : where the results go.
+    progress : from a store, a tqdm bar over each pass's blocks (ignored in memory).
+
+    Returns
+    -------
+    None. Writes obsm["X_<key_added>"] (n_cells, latent_dim) float32 and uns[key_added]: method, params, seconds
+    and, from a store, streamed (True).
     """
     seed = SEED.check(seed)
-    counts = counts_of(adata, layer)
-    latent_dim = check_rank(latent_dim, *counts.shape, source=_source(adata))
-    started = time.perf_counter()
-    adata.obsm[f"X_{key_added}"] = lsi_features(counts, latent_dim, seed=seed, transform=transform,
-                                                unit_variance=bool(unit_variance))
-    adata.uns[key_added] = _storable({"method": "LSI", "params": {"latent_dim": latent_dim, "seed": seed,
-                                                                  "transform": transform,
-                                                                  "unit_variance": bool(unit_variance), "layer": layer},
-                                     "seconds": {"fit_s": time.perf_counter() - started}})
+    if _is_backed(adata):
+        counts = _store_of(adata, "LSI", layer)
+        try:
+            latent_dim = check_rank(latent_dim, *counts.shape, source=_source(adata))
+            started = time.perf_counter()
+            features = lsi_stored(counts, latent_dim, seed=seed, transform=transform, unit_variance=bool(unit_variance),
+                                  block_cells=STORE_BLOCK_CELLS, progress=progress)
+        finally:
+            counts.close()
+    else:
+        counts = counts_of(adata, layer)
+        latent_dim = check_rank(latent_dim, *counts.shape, source=_source(adata))
+        started = time.perf_counter()
+        features = lsi_features(counts, latent_dim, seed=seed, transform=transform, unit_variance=bool(unit_variance))
+    adata.obsm[f"X_{key_added}"] = features
+    record = {"method": "LSI", "params": {"latent_dim": latent_dim, "seed": seed, "transform": transform,
+                                          "unit_variance": bool(unit_variance), "layer": layer},
+              "seconds": {"fit_s": time.perf_counter() - started}}
+    if _is_backed(adata):
+        record["streamed"] = True
+    adata.uns[key_added] = _storable(record)
 
 
 def spectral(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: str = "SnapATAC2"):
@@ -324,12 +439,29 @@ def cluster(adata, use_rep: str = "X_AE", *, labels_key: str | None = None, n_cl
 def umap(adata, use_rep: str = "X_AE", *, seed: int = 0, key_added: str = "umap"):
     """2-D UMAP (umap-learn) of `obsm[use_rep]` in the clustering space.
 
-    Writes obsm["X_<key_added>"] (n_cells, 2) and uns[key_added] (its params); returns None.
+    Above evaluate.UMAP_FIT_CELLS cells, UMAP is fitted on a random sample of that many cells (seeded) and the
+    others are placed by the fitted model's transform (evaluate.umap_coordinates; one line on stderr says so).
+    Reads only obsm[use_rep], so a backed AnnData's matrix stays on disk.
+
+    Parameters
+    ----------
+    adata : AnnData with obsm[use_rep] (n_cells, n_features).
+    use_rep : the representation to lay out. seed : UMAP's random_state and the sample's.
+    key_added : where the results go.
+
+    Returns
+    -------
+    None. Writes obsm["X_<key_added>"] (n_cells, 2) float32 and uns[key_added]: params (use_rep, seed) and, when
+    fitted on a sample, fitted_on (the cells in it).
     """
+    from . import evaluate as evaluate_module
+
     _check_rep(adata, use_rep)
     seed = SEED.check(seed)
     adata.obsm[f"X_{key_added}"] = umap_coordinates(np.asarray(adata.obsm[use_rep]), seed)
     adata.uns[key_added] = {"params": {"use_rep": use_rep, "seed": seed}}
+    if adata.n_obs > evaluate_module.UMAP_FIT_CELLS:
+        adata.uns[key_added]["fitted_on"] = int(evaluate_module.UMAP_FIT_CELLS)
 
 
 def _check_rep(adata, use_rep: str):
