@@ -7,6 +7,11 @@ scatac.export), the same ones a notebook calls; a script names only its method:
 `common.main(scatac.methods.AE)`. Every option, the output folder and the matrix's header are
 checked before the data are read, the data's own checks come before any progress line and before
 training, and the results are written as a whole or not at all (scatac.files).
+
+With --store PATH the load and filter steps become one: the kept cells and peaks are written into an on-disk
+store (scatac.io.store.filtered_store; reused by later runs of the same input and filter) and the method trains
+from it streamed, as a backed AnnData, never holding the matrix; under torchrun rank 0 writes it while the
+other ranks wait.
 """
 from __future__ import annotations
 
@@ -20,6 +25,9 @@ def run_method(method, argv=None) -> dict:
     """Run `method` (a scatac.methods card) as its script does; returns the scores."""
     settings, options = cli.checked_arguments(method, argv)
     outdir = files.check_outdir(settings["outdir"], known=export.RESULT_FILES)
+    if settings["store"] is not None:
+        io.store.check_store_path(settings["store"], settings["data"], outdir=outdir,
+                                  **io.store.store_keywords(settings, settings["labels"]))
     shape = io.peek_shape(settings["data"])
     if shape is not None:
         params.check_latent_size(settings["latent_dim"], *shape, source=settings["data"], kept=False)
@@ -29,27 +37,66 @@ def run_method(method, argv=None) -> dict:
         runtime.select_device(settings["device"])
     from scatac import distributed
 
+    waiting = _store_barrier(settings) if settings["store"] is not None else None
     if not distributed.is_main():  # under torchrun rank 0 alone holds the folder and writes it
+        if waiting is not None:
+            waiting()  # until rank 0 has written the store (or found it there)
         return _run(method, settings, options, outdir)
     with files.output_lock(outdir):
-        return _run(method, settings, options, outdir)
+        seconds, note = {}, None
+        if settings["store"] is not None:
+            # written unless a store of the same input and filter is there; the line saying which waits for _run
+            seconds["store_s"], note = io.store.prepare_store(settings["store"], settings["data"],
+                                                              **io.store.store_keywords(settings, settings["labels"]))
+            waiting()
+        return _run(method, settings, options, outdir, seconds, note)
 
 
-def _run(method, settings: dict, options: dict, outdir) -> dict:
+# how long the other ranks wait for rank 0 to write a store: writing one from an atlas takes far longer than the
+# process group's timeout for a collective (which is there to notice a dead rank), and a rank that dies while
+# writing ends the job through torchrun anyway
+STORE_WAIT_HOURS = 24
+
+
+def _store_barrier(settings: dict):
+    """Join the process group early (under torchrun) and return a function that returns once every rank has
+    called it: the other ranks wait in it while rank 0 writes the store. A world of one waits for nobody."""
+    from datetime import timedelta
+
+    from scatac import distributed, runtime
+
+    world = distributed.setup(runtime.select_device(settings["device"]))
+    if not world.is_distributed:
+        return lambda: None
+    import torch.distributed as dist
+
+    # a group of its own, made now on every rank, with the long timeout: gloo whatever the training's backend is
+    waiting_room = dist.new_group(backend="gloo", timeout=timedelta(hours=STORE_WAIT_HOURS))
+    return lambda: dist.barrier(group=waiting_room)
+
+
+def _run(method, settings: dict, options: dict, outdir, seconds: dict | None = None,
+         store_note: str | None = None) -> dict:
     import scatac
     from scatac import distributed, runtime
     from scatac.evaluate import default_n_clusters
 
-    seconds = {}
+    seconds = dict(seconds or {})
     started = time.perf_counter()
-    adata = scatac.read(settings["data"], labels=settings["labels"], verbose=False,
-                        **{name: settings[name] for name in params.READ.params})
-    loaded = f"loaded {adata.n_obs} cells x {adata.n_vars} peaks ({adata.X.nnz} non-zeros) from {settings['data']}"
     thresholds = {name: settings[name] for name in params.FILTER.params}
-    summary = scatac.pp.filter(adata, **thresholds, verbose=False)
+    if settings["store"] is not None:
+        adata, loaded = _open_store(settings)
+        summary = adata.uns["scatac"]["filter"]
+    else:
+        adata = scatac.read(settings["data"], labels=settings["labels"], verbose=False,
+                            **{name: settings[name] for name in params.READ.params})
+        loaded = f"loaded {adata.n_obs} cells x {adata.n_vars} peaks ({adata.X.nnz} non-zeros) from {settings['data']}"
+        summary = scatac.pp.filter(adata, **thresholds, verbose=False)
     params.check_latent_size(settings["latent_dim"], adata.n_obs, adata.n_vars, source=settings["data"])
-    for note in adata.uns["scatac"]["read_notes"]:  # after the data's checks: no progress line before an error
+    for note in adata.uns["scatac"].get("read_notes", ()):  # after the data's checks: no progress line before an error
         info(note)
+    if store_note is not None:
+        info(store_note)
     info(f"{loaded} in {time.perf_counter() - started:.1f}s")
     info(scatac.pp.filter_message(summary, thresholds))
     labels_key = "label" if settings["labels"] or settings["label_key"] else None  # scatac.read put them there
@@ -92,6 +139,16 @@ def _run(method, settings: dict, options: dict, outdir) -> dict:
     print(f"{method.name}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items()))
     print(f"{method.name}: results in {outdir}")
     return scores
+
+
+def _open_store(settings: dict):
+    """The run's store (written or found by run_method) as a backed AnnData, and the line saying what was loaded.
+    The store holds the filtered cells and peaks; nothing of the matrix is read here but its row pointers."""
+    path = settings["store"]
+    adata = io.store.read_backed(path)
+    with io.open_store(path) as counts:
+        nnz = counts.nnz
+    return adata, f"loaded {adata.n_obs} cells x {adata.n_vars} peaks ({nnz} non-zeros) from {path} (on disk, streamed)"
 
 
 def main(method):

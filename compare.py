@@ -10,6 +10,10 @@ its tool's defaults: LSI (TF-IDF + truncated SVD) and, when snapatac2 is importa
 spectral embedding.
 Every run's features, clusters and scores stay in memory; the tables and figures are drawn from
 them, and each method's first seed is written as that method's usual results folder.
+
+With --store PATH the filtered data are written once into an on-disk store (or a store of the same input and
+filter is reused, as the method scripts do) and every method reads it streamed: those that need the whole matrix
+in memory (NEEDS_MEMORY) get a row saying they were skipped.
 """
 from __future__ import annotations
 
@@ -46,6 +50,10 @@ NEURAL = tuple(m.name for m in methods.NEURAL)
 # label, is the same for every clustering: a low ARI beside a high purity is the clustering's, not the features'
 SCORE_KEYS = ("ARI", "NMI", "F1", "silhouette", "ARI_leiden", "NMI_leiden", "ARI_spectral", "knn_purity")
 OUTPUT_FILES = ("comparison.tsv", "comparison.png", "umap_grid.png", "agreement.tsv")
+# what cannot run from an on-disk store: LSNMF solves every cell's and every peak's factors exactly in each
+# iteration, SnapATAC2's spectral embedding takes an AnnData in memory
+NEEDS_MEMORY = ("LSNMF", *SNAPATAC2_REFERENCES)
+SKIPPED_FROM_STORE = "skipped: needs the matrix in memory"
 
 
 @dataclass
@@ -67,9 +75,12 @@ class RunResult:
 
 
 def fresh(adata):
-    """A new AnnData over the same counts (not copied), labels and filter record: one run's workspace."""
+    """A new AnnData over the same counts (not copied), labels and filter record: one run's workspace. Over a
+    store (a backed AnnData), the store opened again: the counts stay on disk."""
     import anndata
 
+    if getattr(adata, "isbacked", False):
+        return io.store.read_backed(adata.filename)
     run = anndata.AnnData(X=adata.X, obs=adata.obs[[c for c in ("label",) if c in adata.obs]].copy(),
                           var=adata.var[[]].copy())
     run.uns["scatac"] = dict(adata.uns.get("scatac", {}))
@@ -95,6 +106,8 @@ def run_one(method: str, adata, latent_dim: int, seed: int, options: dict, n_clu
     from scatac import tl
     from scatac.measure import PeakMemory
 
+    if method in NEEDS_MEMORY and getattr(adata, "isbacked", False):
+        return RunResult(method=method, seed=seed, status=SKIPPED_FROM_STORE)
     result = RunResult(method=method, seed=seed, adata=fresh(adata))
     started = time.perf_counter()
     size = OWN_SIZE.get(method, latent_dim)
@@ -284,6 +297,8 @@ def main(argv=None):
     first_seed = params.SEED.check(args.first_seed, "--first-seed")
     n_init = params.N_INIT.check(args.n_init, "--n-init")
     outdir = check_outdir(args.outdir)
+    if run["store"] is not None:
+        io.store.check_store_path(run["store"], args.data, outdir=outdir, **io.store.store_keywords(run, args.labels))
     shape = io.peek_shape(args.data)
     if shape is not None:
         params.check_latent_size(latent_dim, *shape, source=args.data, kept=False)
@@ -305,10 +320,22 @@ def _compare(args, run, latent_dim, names, options, seeds, first_seed, n_init, o
     from scatac import runtime
 
     device = runtime.select_device(run["device"])
-    adata = scatac.read(args.data, labels=args.labels, **{name: run[name] for name in params.READ.params})
-    scatac.pp.filter(adata, **{name: run[name] for name in params.FILTER.params})
-    params.check_latent_size(latent_dim, adata.n_obs, adata.n_vars, source=args.data)
+    thresholds = {name: run[name] for name in params.FILTER.params}
+    if run["store"] is not None:
+        _, note = io.store.prepare_store(run["store"], args.data, **io.store.store_keywords(run, args.labels))
+        adata = io.store.read_backed(run["store"])
+        params.check_latent_size(latent_dim, adata.n_obs, adata.n_vars, source=args.data)
+        info(note)
+        info(scatac.pp.filter_message(adata.uns["scatac"]["filter"], thresholds))
+    else:
+        adata = scatac.read(args.data, labels=args.labels, **{name: run[name] for name in params.READ.params})
+        scatac.pp.filter(adata, **thresholds)
+        params.check_latent_size(latent_dim, adata.n_obs, adata.n_vars, source=args.data)
     names.extend(reference_names(not args.no_snapatac2))
+    skipped = [name for name in names if name in NEEDS_MEMORY] if run["store"] is not None else []
+    if skipped:
+        info(f"{', '.join(skipped)}: skipped, {'they need' if len(skipped) > 1 else 'it needs'} the matrix in memory "
+             f"and the data are read from the store {run['store']}")
     runtime.set_threads(run["threads"])
     seed_list = list(range(first_seed, first_seed + seeds))
     results = run_comparison(adata, names, latent_dim, seed_list, options, run["n_clusters"], n_init, device,

@@ -11,7 +11,8 @@ write_results fills a results folder (a script's <outdir>, compare.py's and the 
     loss.tsv                 loss per epoch and its terms (autoencoders)
     loadings.tsv             peaks x rank (factorizations)
     model.pt                 the model's state and the arguments that rebuild it (autoencoders)
-    result.h5ad              the cells' counts, features, UMAP, label, cluster; scores and settings in uns
+    result.h5ad              the cells' counts, features, UMAP, label, cluster; scores and settings in uns (a run
+                             from an on-disk store: no counts, the store's path in uns instead)
     run.json                 settings, filter summary, scores, seconds, package versions, command
 
 and write_figures draws umap.png, confusion_matrix.png and loss.png beside them.
@@ -116,11 +117,15 @@ def write_h5ad(path, adata, key: str, *, cluster_key: str, umap_key: str, labels
 
     obs and var keep the input's own columns (an .h5ad's); var gains chrom, start and end where the peak names
     parse; a factorization's peak loadings go to varm["<key>_loadings"]; label and cluster colours to uns.
+    A backed AnnData (a run from an on-disk store, scatac.io.store) gives a result without X: the counts stay in
+    the store, whose path uns["scatac_suite"]["counts_store"] records (copying an atlas's counts into every result
+    would double the disk it takes and the time to write it); obs["n_open_peaks"] is read off the store's row
+    pointers.
 
     Parameters
     ----------
     path : the .h5ad to write (atomically).
-    adata : the run's AnnData (counts in X, CSR).
+    adata : the run's AnnData (counts in X, CSR; or backed by a store).
     key : the fit's key: its features are obsm["X_<key>"].
     cluster_key : the obs column of the clusters (written as obs["cluster"]).
     umap_key : the obsm entry of the UMAP, written as obsm["X_umap"] when present.
@@ -135,13 +140,14 @@ def write_h5ad(path, adata, key: str, *, cluster_key: str, umap_key: str, labels
     if labels_key is not None:
         obs["label"] = pd.Categorical(adata.obs[labels_key].astype(str).to_numpy())
     obs["cluster"] = pd.Categorical(adata.obs[cluster_key].astype(str).to_numpy())
-    obs["n_open_peaks"] = np.diff(adata.X.indptr)
+    backed = getattr(adata, "isbacked", False)
+    obs["n_open_peaks"] = _open_peaks_in_store(adata.filename) if backed else np.diff(adata.X.indptr)
     var = adata.var.copy()
     var.index = pd.Index(list(adata.var_names), name="peak")
     for name, values in peak_columns(adata.var_names).items():
         if name not in var:
             var[name] = values
-    result = anndata.AnnData(X=adata.X, obs=obs, var=var)
+    result = anndata.AnnData(X=None if backed else adata.X, obs=obs, var=var)
     result.obsm[f"X_{key}"] = np.asarray(adata.obsm[f"X_{key}"])
     if umap_key in adata.obsm:
         result.obsm["X_umap"] = np.asarray(adata.obsm[umap_key])
@@ -150,12 +156,23 @@ def write_h5ad(path, adata, key: str, *, cluster_key: str, umap_key: str, labels
     for column in ("label", "cluster"):
         if column in obs:
             result.uns[f"{column}_colors"] = _colors(obs[column])
+    if backed:
+        uns = {**uns, "counts_store": str(Path(adata.filename).resolve())}  # found again from wherever it is read
     result.uns["scatac_suite"] = _h5_safe(uns)
-    X = adata.X
-    ensure_space(path, int(1.2 * (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes)) + 2**24
+    X = result.X
+    counts_bytes = 0 if X is None else X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+    ensure_space(path, int(1.2 * counts_bytes) + 2**24
                  + sum(np.asarray(v).nbytes for v in [*result.obsm.values(), *result.varm.values()]))
     with atomic_path(path) as tmp:
         result.write_h5ad(tmp)
+
+
+def _open_peaks_in_store(path) -> np.ndarray:
+    """(n_cells,) int64, the open peaks of each cell of a store: its row lengths (a store holds no stored zeros)."""
+    from .io.store import open_store
+
+    with open_store(path) as counts:
+        return np.diff(counts.indptr)
 
 
 def write_results(folder, adata, key: str, *, cluster_key: str = "cluster", umap_key: str = "X_umap",

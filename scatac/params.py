@@ -272,7 +272,12 @@ VALIDATION_FRACTION = Param("validation_fraction", float, 0.1, "cells held out f
                                                                "them)", low=0, low_open=True, high=0.5,
                             group="training")
 
+STORE = Param("store", str, None, "write the filtered input into an on-disk store at this path (an .h5ad file; its "
+                                   "folder must exist) and train from it streamed, never holding the matrix in "
+                                   "memory; a store already there is reused when it was made from the same input, "
+                                   "labels and filter, and refused otherwise", none_ok=True, group="input")
+
 # What every run of a method script takes besides the method's own options: the data and the run.
 FILTER = Options(MIN_CELLS_PER_PEAK, MAX_CELLS_PER_PEAK, MIN_PEAKS_PER_CELL, N_TOP_PEAKS)
 READ = Options(LABEL_KEY, LAYER, MODALITY, USE_SELECTED, PEAKS, TILE_SIZE, BARCODES, MIN_FRAGMENTS, COUNTING)
-RUN = READ + FILTER + Options(N_CLUSTERS, CLUSTER, RESOLUTION, SEED, DEVICE, NO_UMAP, THREADS)
+RUN = READ + FILTER + Options(STORE, N_CLUSTERS, CLUSTER, RESOLUTION, SEED, DEVICE, NO_UMAP, THREADS)

@@ -21,8 +21,10 @@ import scipy.sparse as sp
 
 from .batches import Batch, BatchSource, TrainData, rows_of
 from .errors import info
-from .io.store import DEFAULT_BLOCK_CELLS, StoredCounts, StoreStatistics, canonical_rows, open_store, select_columns
-from .pp import _open_per_cell, filter_decision, filter_message, peak_weights, transform_rows
+# filter_store lives beside the store, where convert_to_store runs it over a source's blocks too; named here as before
+from .io.store import (DEFAULT_BLOCK_CELLS, StoredCounts, StoreStatistics, canonical_rows, filter_store,  # noqa: F401
+                       open_store, select_columns)
+from .pp import filter_message, peak_weights, transform_rows
 
 
 def depth_logit(open_peaks: np.ndarray, n_peaks: int) -> np.ndarray:
@@ -35,50 +37,6 @@ def depth_logit(open_peaks: np.ndarray, n_peaks: int) -> np.ndarray:
 def _column_map(peak_mask: np.ndarray) -> np.ndarray:
     """(n_store_peaks,) int32: each kept peak's column among the kept ones, -1 for the others."""
     return np.where(peak_mask, np.cumsum(peak_mask) - 1, -1).astype(np.int32)
-
-
-def filter_store(counts: StoredCounts, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10,
-                 n_top_peaks=None, *, statistics: StoreStatistics | None = None,
-                 block_cells: int = DEFAULT_BLOCK_CELLS, progress: bool = False):
-    """Which cells and peaks SCALE's filter keeps, from passes over a store's blocks: `pp.filter_masks`'s
-    (cell_mask, peak_mask, summary), the same masks and summary as it gives on the whole matrix.
-
-    Peaks open in at least `min_cells_per_peak` and at most `max_cells_per_peak` cells stay (fractions below 1 are
-    of the cells); cells with at least `min_peaks_per_cell` open peaks among those (a fraction: of those peaks);
-    then peaks that only dropped cells opened go; `n_top_peaks` keeps the most often open of the rest.
-
-    Passes: the one-pass statistics (cells opening each peak; skipped when given as `statistics`); a second pass
-    counting each cell's open peaks among the peaks in range, which decides the cell, and, over the kept cells,
-    the cells opening each peak (skipped when every peak is in range and every cell then kept: the first pass
-    counted both); a third only when `n_top_peaks` drops peaks, for the cells left with none of the top peaks.
-
-    Returns
-    -------
-    cell_mask : (n_cells,) bool. peak_mask : (n_peaks,) bool. summary : dict, as pp.filter_masks's.
-    """
-    statistics = statistics if statistics is not None else counts.statistics(block_cells, progress)
-    n_cells, n_peaks = counts.shape
-
-    def keep_cells(peak_mask, threshold):
-        if peak_mask.all() and (statistics.peaks_per_cell >= threshold).all():
-            return np.ones(n_cells, dtype=bool), statistics.cells_per_peak.copy()
-        cell_mask = np.zeros(n_cells, dtype=bool)
-        open_in_kept = np.zeros(n_peaks, dtype=np.int64)
-        for start, block in counts.blocks(block_cells, progress):
-            block = canonical_rows(block)
-            kept = _open_per_cell(block, peak_mask) >= threshold
-            cell_mask[start:start + block.shape[0]] = kept
-            open_in_kept += np.bincount(block.indices[np.repeat(kept, np.diff(block.indptr))], minlength=n_peaks)
-        return cell_mask, open_in_kept
-
-    def open_per_cell(peak_mask):
-        open_peaks = np.zeros(n_cells, dtype=np.int64)
-        for start, block in counts.blocks(block_cells, progress):
-            open_peaks[start:start + block.shape[0]] = _open_per_cell(canonical_rows(block), peak_mask)
-        return open_peaks
-
-    return filter_decision(counts.shape, statistics.cells_per_peak, keep_cells, open_per_cell, min_cells_per_peak,
-                           max_cells_per_peak, min_peaks_per_cell, n_top_peaks, counts.path)
 
 
 class StoredData:

@@ -15,9 +15,14 @@ Reading goes around anndata's backed objects, through h5py on the three arrays o
     counts = open_store("atlas.store.h5ad")
     stats = counts.statistics()                                 # one pass: per-peak and per-cell counts
     for start, block in counts.blocks(4096): ...                # CSR blocks of rows, in order
+
+A filtered store (`convert_to_store(..., filter=...)`) holds only the cells and peaks SCALE's filter keeps, and
+records what it was made from; `filtered_store` writes one or reuses the one made from the same input and filter,
+as the method scripts' and compare.py's --store do (`check_store_path` refuses a path it cannot use, up front).
 """
 from __future__ import annotations
 
+import contextlib
 from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -25,7 +30,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import InputError, fail, warn
+from ..errors import InputError, fail, info, warn
 from ..files import atomic_path
 
 DEFAULT_BLOCK_CELLS = 4096
@@ -305,16 +310,72 @@ class StoredCounts:
         Only non-zero values count as open (a stored zero does not), as `pp.stored_nonzero` reads a matrix.
         Holds one block and the O(n_cells + n_peaks) results at a time.
         """
-        cells_per_peak = np.zeros(self.n_peaks, dtype=np.int64)
-        peaks_per_cell = np.zeros(self.n_cells, dtype=np.int64)
-        # float32 as the values read: ufunc.at is many times slower when the two types differ
-        peak_max = np.zeros(self.n_peaks, dtype=np.float32)
-        for first, block in self.blocks(block_cells, progress):
+        return block_statistics(self.blocks(block_cells, progress), self.n_cells, self.n_peaks)
+
+
+def block_statistics(blocks: Iterable, n_cells: int, n_peaks: int) -> StoreStatistics:
+    """StoreStatistics of `blocks`, (first row, CSR block) pairs covering rows 0..n_cells - 1: one pass, holding
+    one block and the O(n_cells + n_peaks) results at a time. Shared by a store's own pass and convert_to_store's
+    filter over a source's blocks."""
+    cells_per_peak = np.zeros(n_peaks, dtype=np.int64)
+    peaks_per_cell = np.zeros(n_cells, dtype=np.int64)
+    # float32 as the values read: ufunc.at is many times slower when the two types differ
+    peak_max = np.zeros(n_peaks, dtype=np.float32)
+    for first, block in blocks:
+        block = canonical_rows(block)
+        cells_per_peak += np.bincount(block.indices, minlength=n_peaks)
+        peaks_per_cell[first:first + block.shape[0]] = np.diff(block.indptr)
+        np.maximum.at(peak_max, block.indices, np.abs(block.data))
+    return StoreStatistics(cells_per_peak, peaks_per_cell, peak_max.astype(np.float64))
+
+
+def filter_store(counts, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10,
+                 n_top_peaks=None, *, statistics: StoreStatistics | None = None,
+                 block_cells: int = DEFAULT_BLOCK_CELLS, progress: bool = False):
+    """Which cells and peaks SCALE's filter keeps, from passes over a store's blocks: `pp.filter_masks`'s
+    (cell_mask, peak_mask, summary), the same masks and summary as it gives on the whole matrix.
+
+    counts: a StoredCounts, or anything with its `shape`, `path`, `blocks(block_cells, progress)` and
+    `statistics(block_cells, progress)` (convert_to_store's view of a source it streams).
+
+    Peaks open in at least `min_cells_per_peak` and at most `max_cells_per_peak` cells stay (fractions below 1 are
+    of the cells); cells with at least `min_peaks_per_cell` open peaks among those (a fraction: of those peaks);
+    then peaks that only dropped cells opened go; `n_top_peaks` keeps the most often open of the rest.
+
+    Passes: the one-pass statistics (cells opening each peak; skipped when given as `statistics`); a second pass
+    counting each cell's open peaks among the peaks in range, which decides the cell, and, over the kept cells,
+    the cells opening each peak (skipped when every peak is in range and every cell then kept: the first pass
+    counted both); a third only when `n_top_peaks` drops peaks, for the cells left with none of the top peaks.
+
+    Returns
+    -------
+    cell_mask : (n_cells,) bool. peak_mask : (n_peaks,) bool. summary : dict, as pp.filter_masks's.
+    """
+    from ..pp import _open_per_cell, filter_decision
+
+    statistics = statistics if statistics is not None else counts.statistics(block_cells, progress)
+    n_cells, n_peaks = counts.shape
+
+    def keep_cells(peak_mask, threshold):
+        if peak_mask.all() and (statistics.peaks_per_cell >= threshold).all():
+            return np.ones(n_cells, dtype=bool), statistics.cells_per_peak.copy()
+        cell_mask = np.zeros(n_cells, dtype=bool)
+        open_in_kept = np.zeros(n_peaks, dtype=np.int64)
+        for start, block in counts.blocks(block_cells, progress):
             block = canonical_rows(block)
-            cells_per_peak += np.bincount(block.indices, minlength=self.n_peaks)
-            peaks_per_cell[first:first + block.shape[0]] = np.diff(block.indptr)
-            np.maximum.at(peak_max, block.indices, np.abs(block.data))
-        return StoreStatistics(cells_per_peak, peaks_per_cell, peak_max.astype(np.float64))
+            kept = _open_per_cell(block, peak_mask) >= threshold
+            cell_mask[start:start + block.shape[0]] = kept
+            open_in_kept += np.bincount(block.indices[np.repeat(kept, np.diff(block.indptr))], minlength=n_peaks)
+        return cell_mask, open_in_kept
+
+    def open_per_cell(peak_mask):
+        open_peaks = np.zeros(n_cells, dtype=np.int64)
+        for start, block in counts.blocks(block_cells, progress):
+            open_peaks[start:start + block.shape[0]] = _open_per_cell(canonical_rows(block), peak_mask)
+        return open_peaks
+
+    return filter_decision(counts.shape, statistics.cells_per_peak, keep_cells, open_per_cell, min_cells_per_peak,
+                           max_cells_per_peak, min_peaks_per_cell, n_top_peaks, counts.path)
 
 
 def _x_encoding(group) -> str:
@@ -517,11 +578,57 @@ def _tenx_source(source: Path, handle) -> _Source:
     return _Source(barcodes, peaks, None, None, blocks)
 
 
+class _SourceRows:
+    """A streamed source seen as filter_store sees a store: its shape, its path, and its row blocks as (first row,
+    checked canonical CSR) pairs, read again from the source at every pass."""
+
+    def __init__(self, plan: _Source, source: Path):
+        self._plan = plan
+        self.path = source
+        self.shape = (len(plan.barcodes), len(plan.peaks))
+
+    def blocks(self, block_cells: int = DEFAULT_BLOCK_CELLS, progress: bool = False):
+        from tqdm.auto import tqdm
+
+        first = 0
+        with tqdm(total=self.shape[0], desc=f"reading {self.path.name}", unit=" cells", unit_scale=True,
+                  disable=not progress, leave=False) as bar:
+            for block in self._plan.blocks(block_cells):
+                block = _checked_block(block, self.path)
+                yield first, block
+                first += block.shape[0]
+                bar.update(block.shape[0])
+
+    def statistics(self, block_cells: int = DEFAULT_BLOCK_CELLS, progress: bool = False) -> StoreStatistics:
+        return block_statistics(self.blocks(block_cells, progress), *self.shape)
+
+
+def _column_of(peak_mask: np.ndarray) -> np.ndarray:
+    """(n_peaks,) each kept peak's column among the kept ones, -1 for the others: select_columns's map."""
+    return np.where(peak_mask, np.cumsum(peak_mask) - 1, -1)
+
+
+def _kept_rows(blocks: Iterable, cell_mask: np.ndarray, peak_mask: np.ndarray) -> Iterator[sp.csr_matrix]:
+    """The kept cells' rows, kept peaks only, of (first row, CSR block) pairs: what a filtered store holds."""
+    column_of = _column_of(peak_mask)
+    n_kept_peaks = int(peak_mask.sum())
+    for first, block in blocks:
+        keep = cell_mask[first:first + block.shape[0]]
+        if not keep.any():
+            continue
+        block = canonical_rows(block if keep.all() else block[np.flatnonzero(keep)])
+        yield block if peak_mask.all() else select_columns(block, column_of, n_kept_peaks)
+
+
+def _subset(frame, mask):
+    return None if frame is None else frame[np.asarray(mask)]
+
+
 def convert_to_store(source, path, *, block_cells: int = DEFAULT_BLOCK_CELLS, labels=None, label_key: str | None = None,
                      layer: str | None = None, modality: str | None = None, use_selected: bool = False,
-                     progress: bool = True, **read_options) -> Path:
+                     filter: dict | None = None, progress: bool = True, **read_options) -> Path:
     """Turn any input the suite reads (`scatac.read`) into a store at `path`, in one streaming pass where the
-    format allows it.
+    format allows it, filtered by SCALE's filter when `filter` is given.
 
     Streamed, `block_cells` cells at a time, never whole: an .h5ad (or an .h5mu modality) whose X (or `layer`)
     is CSR or dense, and Cell Ranger's .h5 (peaks x cells CSC: each cell's values are contiguous). Read whole
@@ -534,9 +641,16 @@ def convert_to_store(source, path, *, block_cells: int = DEFAULT_BLOCK_CELLS, la
     path : the store to write (see `write_store`: staged beside it, renamed into place when complete).
     block_cells : cells read and written at a time.
     labels, label_key, layer, modality, use_selected : as `scatac.read` takes them; the labels become obs["label"].
+    filter : dict or None
+        pp.filter's thresholds (min_cells_per_peak, max_cells_per_peak, min_peaks_per_cell, n_top_peaks; those left
+        out take pp.filter's defaults). When given, only the cells and peaks the filter keeps are written: a streamed
+        source is read in passes (the one-pass statistics, then `filter_store`'s passes, then the write),
+        one read whole is filtered in memory (`pp.filter_masks`). The filter's summary goes to uns["scatac"]["filter"]
+        and what the store was made from (`store_record`: source, read options, labels, thresholds) to
+        uns["scatac"]["store"], which `filtered_store` compares before reusing the store.
     progress : show a tqdm bar.
-    **read_options : the rest of `scatac.read`'s options (fragment files' peaks, tile_size, ...); these formats are
-        read whole.
+    **read_options : the rest of `scatac.read`'s options (fragment files' peaks, tile_size, barcodes, ...); a
+        fragment file is read whole.
 
     Returns
     -------
@@ -548,6 +662,7 @@ def convert_to_store(source, path, *, block_cells: int = DEFAULT_BLOCK_CELLS, la
     """
     import h5py
 
+    from ..params import FILTER
     from . import make_unique, read
     from .labels import read_labels
     from .matrices import _h5_filters
@@ -559,10 +674,16 @@ def convert_to_store(source, path, *, block_cells: int = DEFAULT_BLOCK_CELLS, la
         fail("block_cells", f"must be an integer >= 1, got {block_cells}")
     if source.resolve() == path.resolve():
         fail(path, "is the source itself: write the store to another path")
+    thresholds = FILTER.resolve(dict(filter), where="filter") if filter is not None else None
     name = source.name.lower()
+    # min_fragments and counting have defaults and apply to fragment files only: the options that make a fragment
+    # file of a table are what is read whole
     streamable = source.is_file() and name.endswith((".h5ad", ".h5mu", ".h5", ".hdf5")) and \
-        not any(value is not None for value in read_options.values())
-    uns = {"scatac": {"source": str(source)}}
+        all(read_options.get(option) is None for option in _FRAGMENT_OPTIONS)
+    provenance = {"source": str(source)}
+    if thresholds is not None:
+        provenance["store"] = store_record(source, labels=labels, label_key=label_key, filter=thresholds, layer=layer,
+                                           modality=modality, use_selected=use_selected, **read_options)
     handle = None
     try:
         plan = None
@@ -589,14 +710,27 @@ def convert_to_store(source, path, *, block_cells: int = DEFAULT_BLOCK_CELLS, la
             adata = read(source, labels=labels, label_key=label_key, layer=layer, modality=modality,
                          use_selected=use_selected, verbose=progress, **read_options)
             X = adata.X
-            return write_store((X[start:start + block_cells] for start in range(0, X.shape[0], block_cells)), path,
-                               barcodes=list(adata.obs_names), peaks=list(adata.var_names), obs=adata.obs,
-                               var=adata.var, uns=uns, progress=progress)
+            every_row = ((start, X[start:start + block_cells]) for start in range(0, X.shape[0], block_cells))
+            if thresholds is None:
+                return write_store((block for _, block in every_row), path, barcodes=list(adata.obs_names),
+                                   peaks=list(adata.var_names), obs=adata.obs, var=adata.var,
+                                   uns={"scatac": provenance}, progress=progress)
+            from ..pp import filter_masks
+
+            cell_mask, peak_mask, provenance["filter"] = filter_masks(X, **thresholds, source=source)
+            return write_store(_kept_rows(every_row, cell_mask, peak_mask), path,
+                               barcodes=list(adata.obs_names[cell_mask]), peaks=list(adata.var_names[peak_mask]),
+                               obs=adata.obs[cell_mask], var=adata.var[peak_mask], uns={"scatac": provenance},
+                               progress=progress)
         barcodes = plan.barcodes
         label_values = read_labels(barcodes, labels, plan.obs, label_key, source=source)
         if len(set(barcodes)) != len(barcodes):
             barcodes, n_changed = make_unique(barcodes)
             warn(f"{source}: {n_changed} duplicate barcodes made unique by appending '-1', '-2', ...")
+        if thresholds is not None:
+            return _write_filtered(_SourceRows(plan, source), path, thresholds, provenance, barcodes=barcodes,
+                                   peaks=plan.peaks, obs=plan.obs, var=plan.var, labels=label_values,
+                                   block_cells=block_cells, progress=progress)
         nnz = 0
 
         def checked_blocks():
@@ -609,7 +743,281 @@ def convert_to_store(source, path, *, block_cells: int = DEFAULT_BLOCK_CELLS, la
                 fail(source, "matrix has no non-zero entries")
 
         return write_store(checked_blocks(), path, barcodes=barcodes, peaks=plan.peaks, obs=plan.obs, var=plan.var,
-                           labels=label_values, uns=uns, progress=progress)
+                           labels=label_values, uns={"scatac": provenance}, progress=progress)
     finally:
         if handle is not None:
             handle.close()
+
+
+def _write_filtered(rows: _SourceRows, path: Path, thresholds: dict, provenance: dict, *, barcodes, peaks, obs, var,
+                    labels, block_cells: int, progress: bool) -> Path:
+    """The kept cells and peaks of a streamed source written as a store: the filter decided in passes over the
+    source's blocks (as over a store's), then one more pass writing what it keeps."""
+    statistics = rows.statistics(block_cells, progress)
+    if not statistics.cells_per_peak.any():
+        fail(rows.path, "matrix has no non-zero entries")
+    cell_mask, peak_mask, provenance["filter"] = filter_store(rows, **thresholds, statistics=statistics,
+                                                              block_cells=block_cells, progress=progress)
+    return write_store(_kept_rows(rows.blocks(block_cells), cell_mask, peak_mask), path,
+                       barcodes=[b for b, kept in zip(barcodes, cell_mask) if kept],
+                       peaks=[p for p, kept in zip(peaks, peak_mask) if kept], obs=_subset(obs, cell_mask),
+                       var=_subset(var, peak_mask), labels=None if labels is None else np.asarray(labels)[cell_mask],
+                       uns={"scatac": provenance}, progress=progress)
+
+
+# ---- a filtered store that a run writes once and later runs reuse (the scripts' --store) --------------------------
+
+_FRAGMENT_OPTIONS = ("peaks", "tile_size", "barcodes")  # the options that make a file be counted as fragments
+
+
+def _absolute(value):
+    return str(Path(value).resolve()) if value is not None else None
+
+
+def _source_stamp(source: Path) -> str:
+    """A file's size and modification time, so that a store of a file rewritten since is not taken for current;
+    "" for a folder (its files are not listed: a folder holds other things than the counts, labels among them)."""
+    if not source.is_file():
+        return ""
+    from datetime import datetime
+
+    status = source.stat()
+    return f"{status.st_size} bytes, modified {datetime.fromtimestamp(status.st_mtime_ns / 1e9).isoformat()}"
+
+
+def store_record(source, *, labels=None, label_key: str | None = None, filter: dict, **read_options) -> dict:
+    """What a filtered store was made from, as it is kept in its uns["scatac"]["store"]: {"source": the input's
+    absolute path, "input": JSON text of the file's size and time, the labels and the read options, "thresholds":
+    JSON text of the filter's thresholds}.
+
+    Thresholds left out of `filter` are pp.filter's defaults. JSON text because h5ad would not keep what tells two
+    records apart: None (n_top_peaks) and 1 against 1.0 (a threshold of one cell against all cells). Fragment-file
+    options are recorded only where they apply (a fragment file, one of `peaks`, `tile_size`, `barcodes` given), so
+    their defaults do not tie other inputs' stores.
+    """
+    import json
+
+    from ..params import FILTER, READ
+
+    unknown = sorted(set(read_options) - set(READ.params))
+    if unknown:
+        raise TypeError(f"unknown read option {unknown[0]!r}")
+    source = Path(source)
+    fragments = any(read_options.get(option) is not None for option in _FRAGMENT_OPTIONS)
+    options = {}
+    for option in READ.params:  # an option left out is its default, as scatac.read takes it
+        if option != "label_key" and (option in ("layer", "modality", "use_selected") or fragments):
+            value = read_options.get(option, READ[option].default)
+            options[option] = _absolute(value) if option in ("peaks", "barcodes") else value
+    given = {"source_file": _source_stamp(source), "labels": _absolute(labels), "label_key": label_key, **options}
+    return {"source": str(source.resolve()), "input": json.dumps(given, sort_keys=True),
+            "thresholds": json.dumps(FILTER.resolve(dict(filter), where="filter"), sort_keys=True)}
+
+
+def _read_record(path: Path) -> dict | None:
+    """uns["scatac"]["store"] of the file at `path`, or None when it holds none (not written with a filter, not an
+    AnnData file, not HDF5)."""
+    import h5py
+
+    # through h5py alone: a refusal here comes before any heavy import, as every input error does
+    try:
+        if not h5py.is_hdf5(path):
+            return None
+        with h5py.File(path, "r") as handle:
+            group = handle.get("uns/scatac/store")
+            if not isinstance(group, h5py.Group):
+                return None
+            return {key: group[key].asstr()[()] for key in group if isinstance(group[key], h5py.Dataset)}
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _differences(stored: dict, wanted: dict) -> list:
+    """What differs between two store records, in words, one entry per difference."""
+    import json
+
+    def words(value):
+        # 1 and 1.0 as they differ (one cell against all cells)
+        return "none" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+    found = []
+    same_source = stored.get("source") == wanted["source"]
+    if not same_source:
+        found.append(f"written from {stored.get('source')}, not {wanted['source']}")
+    for part in ("input", "thresholds"):
+        before, now = json.loads(stored.get(part, "{}")), json.loads(wanted[part])
+        for key in sorted(set(before) | set(now)):
+            # json.dumps tells 1 from 1.0 where == would not
+            if json.dumps(before.get(key)) == json.dumps(now.get(key)) or (key == "source_file" and not same_source):
+                continue
+            if key == "source_file":
+                found.append(f"the source changed since it was written ({words(before.get(key))}, now "
+                             f"{words(now.get(key))})")
+            else:
+                found.append(f"{key} {words(before.get(key))} (this run: {words(now.get(key))})")
+    return found
+
+
+def check_store_path(path, source, *, outdir=None, labels=None, label_key: str | None = None, filter: dict,
+                     **read_options) -> Path:
+    """Refuse, before any work, a store path that cannot be written, or that holds a store made from something
+    else than this run's input and filter (which `filtered_store` would refuse after reading the input).
+
+    Parameters
+    ----------
+    path : the store's path (a file; its folder must exist).
+    source : the run's input. outdir : the run's output folder, replaced as a whole by every run, or None.
+    labels, label_key, filter, **read_options : as `filtered_store` takes them.
+
+    Returns
+    -------
+    The Path. Raises InputError naming `path` and what is wrong.
+    """
+    import os
+
+    from ..files import PROTECTED
+
+    if str(path).strip() == "":
+        fail("--store", "no path given")
+    path = Path(path)
+    resolved = path.resolve()
+    if any(resolved == Path(p) or Path(p) in resolved.parents for p in PROTECTED):
+        fail(path, "is inside a kernel file system: choose a file on a disk")
+    if path.is_dir():
+        fail(path, "is a folder; --store takes the path of a file to write the store to (e.g. data.store.h5ad)")
+    if outdir is not None and Path(outdir).resolve() in resolved.parents:
+        fail(path, f"lies inside the output folder {outdir}, which every run replaces as a whole: put the store "
+                   "elsewhere")
+    if not path.parent.is_dir():
+        fail(path, f"folder {path.parent} does not exist")
+    if Path(source).exists() and resolved == Path(source).resolve():
+        fail(path, "is the input itself: give the store another path")
+    if path.exists():
+        _check_reusable(path, store_record(source, labels=labels, label_key=label_key, filter=filter, **read_options))
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        fail(path, f"cannot be written: no write permission in {path.parent} (or a read-only file system)")
+    return path
+
+
+def _check_reusable(path: Path, wanted: dict):
+    stored = _read_record(path)
+    if stored is None:
+        fail(path, "exists and is not a store written by --store (it records no source and filter): not replacing "
+                   "it; give another --store path")
+    different = _differences(stored, wanted)
+    if different:
+        fail(path, "holds a store made from something else: " + "; ".join(different) + ". Give another --store path, "
+                   "or remove this store to write it anew")
+
+
+def filtered_store(path, source, *, labels=None, label_key: str | None = None, filter: dict,
+                   block_cells: int = DEFAULT_BLOCK_CELLS, progress: bool = True, **read_options) -> tuple[Path, bool]:
+    """The store at `path` of `source`'s cells and peaks that the filter keeps: written (convert_to_store with
+    `filter`) unless a store made from the same source, read options, labels and thresholds is there already.
+
+    Parameters
+    ----------
+    path : the store (its folder must exist). source : the input, any layout `scatac.read` takes.
+    labels, label_key : the cell types, as `scatac.read` takes them (obs["label"] of the store).
+    filter : pp.filter's thresholds (FILTER's names; those left out take their defaults).
+    block_cells, progress, **read_options : as convert_to_store takes them.
+
+    Returns
+    -------
+    (path, reused): reused is True when the store was there already (saying which is the caller's). An existing
+    file made from anything else (another input, filter, labels; a source file changed since; not a store) is an
+    InputError naming `path` and what differs: a store is never overwritten. Runs that ask for the same store at
+    once write it once: each waits for the one writing it (a lock file beside it), then reuses it.
+    """
+    from ..params import FILTER
+
+    path = Path(path)
+    thresholds = FILTER.resolve(dict(filter), where="filter")
+    wanted = store_record(source, labels=labels, label_key=label_key, filter=thresholds, **read_options)
+    with _store_lock(path):
+        if path.exists():
+            _check_reusable(path, wanted)
+            return path, True
+        convert_to_store(source, path, labels=labels, label_key=label_key, filter=thresholds, block_cells=block_cells,
+                         progress=progress, **read_options)
+        return path, False
+
+
+def store_keywords(settings, labels=None) -> dict:
+    """check_store_path's and filtered_store's keywords from a run's checked options (`settings`: every name of
+    params.READ and params.FILTER, as a script or compare.py resolves them) and its labels file."""
+    from ..params import FILTER, READ
+
+    return {"labels": labels, "filter": {name: settings[name] for name in FILTER.params},
+            **{name: settings[name] for name in READ.params}}
+
+
+def prepare_store(path, source, **keywords) -> tuple[float, str]:
+    """A command's store: `filtered_store`, with a bar only on a terminal (a captured log keeps one line an
+    error), timed. Returns (seconds, the line saying whether the store was written or reused), the line for the
+    caller to print once the kept cells pass its own checks, so that an error there is still the only line."""
+    import sys
+    import time
+
+    started = time.perf_counter()
+    path, reused = filtered_store(path, source, progress=sys.stderr.isatty(), **keywords)
+    spent = time.perf_counter() - started
+    if reused:
+        return spent, f"reusing store {path} (written from {source} with the same filter)"
+    return spent, f"wrote store {path}: the cells and peaks of {source} that the filter keeps, in {spent:.1f}s"
+
+
+def read_backed(path):
+    """A store as a backed AnnData (`anndata.read_h5ad(path, backed="r")`: obs, var and uns in memory, X on disk),
+    its filter summary (uns["scatac"]["filter"]) as python ints, as pp.filter records it in memory, so that the
+    records written from either (run.json) hold numbers alike."""
+    import anndata
+
+    adata = anndata.read_h5ad(path, backed="r")
+    provenance = adata.uns.get("scatac", {})
+    if "filter" in provenance:
+        provenance["filter"] = {name: int(value) for name, value in provenance["filter"].items()}
+    return adata
+
+
+@contextlib.contextmanager
+def _store_lock(path: Path):
+    """Hold `path` for writing: an flock on `.<name>.lock` beside it, which the kernel drops when the process ends
+    however it ends. A run that finds another holding it waits (saying so once), and then finds the store written.
+    The lock file is removed before the lock is released; a lock taken on a file another run has just removed is
+    taken again. Where no lock file can be made (a read-only folder, no flock) nothing is held: only an existing
+    store can be read there."""
+    import os
+
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    lock_path = path.parent / f".{path.name}.lock"
+    fd = None
+    if fcntl is not None:
+        while True:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError:
+                break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                info(f"{path}: another run (process {holder}) is writing this store; waiting for it")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if lock_path.exists() and os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+                break
+            os.close(fd)
+            fd = None
+    try:
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)
+            os.close(fd)
