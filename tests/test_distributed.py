@@ -91,3 +91,16 @@ def test_a_rank_that_dies_stops_the_run_and_nothing_is_written(tmp_path):
     assert launcher.returncode != 0
     assert time.time() - killed_at < 60
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("script, epochs", [("StackedAE.py", [1, 2]), ("VAE.py", [4])])
+def test_the_other_autoencoders_train_under_torchrun(tmp_path, script, epochs):
+    """StackedAE's phases (pretraining trains part of the model) and the VAE's waiting prior under DDP."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(REPO / script), *map(str, [*epochs, DEMO, out, 4, DEMO / "labels.txt", *FAST])]
+    done = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shards = json.loads((out / "run.json").read_text())["fit"]["distributed"]
+    assert shards["world_size"] == 2 and shards["cells_on_two_ranks"] == 0
+    assert np.isfinite(np.loadtxt(out / "feature.txt", skiprows=1, usecols=range(1, 5))).all()
