@@ -9,6 +9,7 @@ import scipy.sparse as sp
 
 import scatac
 from conftest import DEMO
+from test_formats import write_10x_h5  # Cell Ranger's HDF5 layout, written once for both files
 from scatac import pp
 from scatac.batches import TrainData
 from scatac.errors import InputError
@@ -107,21 +108,6 @@ def test_one_pass_statistics_equal_the_in_memory_counts(tmp_path):
     assert np.array_equal(stats.cells_per_peak, np.bincount(clean.indices, minlength=X.shape[1]))
     assert np.array_equal(stats.peaks_per_cell, np.diff(clean.indptr))
     assert np.array_equal(stats.peak_max, np.asarray(abs(noisy).max(axis=0).todense()).ravel())
-
-
-def write_10x_h5(path, X, barcodes, ids, types):
-    """Cell Ranger's HDF5 feature-barcode matrix: /matrix with CSC features x cells, barcodes, features/{id,...}."""
-    csc = sp.csr_matrix(X).T.tocsc()
-    with h5py.File(path, "w") as handle:
-        group = handle.create_group("matrix")
-        group["barcodes"] = np.array(barcodes, dtype="S")
-        group["data"] = csc.data.astype(np.int32)
-        group["indices"] = csc.indices.astype(np.int64)
-        group["indptr"] = csc.indptr.astype(np.int64)
-        group["shape"] = np.array(csc.shape, dtype=np.int32)
-        features = group.create_group("features")
-        for key, values in (("id", ids), ("name", ids), ("feature_type", types)):
-            features[key] = np.array(values, dtype="S")
 
 
 @pytest.mark.parametrize("layout", ["h5ad", "dense_h5ad", "csc_h5ad", "10x_h5", "multiome_h5", "folder"])
