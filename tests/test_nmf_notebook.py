@@ -142,3 +142,42 @@ def test_bad_parameters_stop_with_one_message_and_write_nothing(tmp_path, params
     message = done.stderr + done.stdout
     assert "InputError" in message and problem in message, message[-2000:]
     assert not outdir.exists(), f"{outdir} was created: {list(outdir.rglob('*'))}"
+
+
+def test_notebook_on_a_store(tmp_path):
+    """-p store: the filtered data are written into an on-disk store once and factorized from it block by block;
+    a second run reuses the store; the results name the store instead of holding the counts."""
+    import anndata
+
+    store, outdir = tmp_path / "demo.store.h5ad", tmp_path / "NMF_store"
+    common = ("data", "data/demo", "outdir", outdir, "rank", 10, "labels", "data/demo/labels.txt", "umap", False,
+              "store", store)
+    done = run_notebook(tmp_path, *common)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert store.is_file()
+    n_labels = len({line.split("\t")[1] for line in (DEMO / "labels.txt").read_text().splitlines()})
+    for method in METHODS:
+        check_method_outputs(outdir / method, method, 10, n_labels, min_ari=0.5, umap=False)
+        result = anndata.read_h5ad(outdir / method / "result.h5ad")
+        assert result.X is None  # the counts stay in the store
+    nb_text = (tmp_path / "run.ipynb").read_text()
+    assert "wrote store" in nb_text and "NMF: minibatch" in nb_text  # partial_fit over the store's blocks
+
+    written = store.stat().st_mtime_ns
+    again = run_notebook(tmp_path, *common)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert store.stat().st_mtime_ns == written and "reusing store" in (tmp_path / "run.ipynb").read_text()
+
+
+def test_notebook_refuses_a_store_of_other_data_before_any_work(tmp_path):
+    store = tmp_path / "demo.store.h5ad"
+    first = run_notebook(tmp_path, "data", "data/demo", "outdir", tmp_path / "a", "rank", 5, "labels",
+                         "data/demo/labels.txt", "umap", False, "methods", "NMF", "store", store)
+    assert first.returncode == 0, first.stderr[-3000:]
+    outdir = tmp_path / "b"
+    done = run_notebook(tmp_path, "data", "data/demo", "outdir", outdir, "rank", 5, "labels", "data/demo/labels.txt",
+                        "min_peaks_per_cell", 20, "methods", "NMF", "store", store, timeout=120)
+    assert done.returncode != 0
+    message = done.stderr + done.stdout
+    assert "InputError" in message and "holds a store made from something else" in message, message[-2000:]
+    assert not outdir.exists()
