@@ -135,3 +135,69 @@ def test_the_same_counts_as_snapatac2(simulated, tmp_path):
         ours = ours[list(theirs.obs_names)]
         touched = theirs[:, list(ours.var_names)].X
         assert abs(ours.X - touched).sum() == 0 and touched.sum() == theirs.X.sum(), counting
+
+
+@pytest.mark.parametrize("options", [
+    {"min_fragments": 5},
+    {"min_fragments": 5, "counting": "fragment"},
+    {"tile_size": 500, "min_fragments": 5},
+])
+def test_a_store_of_a_fragment_file_is_streamed_and_holds_what_read_gives(simulated, tmp_path, options):
+    """convert_to_store counts a fragment file in two passes into blocks of cells (a few cells a block here, so that
+    blocks, chunks and tiles first touched in later chunks all meet), never the whole matrix; the store is what
+    scatac.read gives, cells, features and counts; the blocks' temporary hits are gone afterwards."""
+    import anndata
+
+    from scatac.io import fragments
+
+    folder, *_ = simulated
+    options = {"peaks": folder / "peaks.bed", **options} if "tile_size" not in options else options
+    whole = fragments.count_fragments
+    fragments.count_fragments = None  # the store must not count the file whole
+    try:
+        store = scatac.io.convert_to_store(folder / "fragments.tsv.gz", tmp_path / "f.store.h5ad", block_cells=37,
+                                           progress=False, **options)
+    finally:
+        fragments.count_fragments = whole
+    expected = scatac.read(folder / "fragments.tsv.gz", verbose=False, **options)
+    stored = anndata.read_h5ad(store)
+    assert list(stored.obs_names) == list(expected.obs_names) and list(stored.var_names) == list(expected.var_names)
+    assert (stored.X != expected.X).nnz == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.store.h5ad"]
+
+
+def test_small_chunks_and_a_barcodes_file_give_the_same_blocks(simulated, tmp_path):
+    from scatac.io.fragments import partition_fragments
+
+    folder, barcodes, *_ = simulated
+    chosen = tmp_path / "cells.txt"
+    chosen.write_text("\n".join(barcodes[::-3] + ["not-a-barcode"]) + "\n")
+    (tmp_path / "hits").mkdir()
+    cells, features, notes, blocks = partition_fragments(folder / "fragments.tsv.gz", tmp_path / "hits",
+                                                         peaks=folder / "peaks.bed", barcodes=chosen, block_cells=16,
+                                                         chunk_lines=997, progress=False)
+    X, whole_cells, whole_features, whole_notes = count_fragments(folder / "fragments.tsv.gz", folder / "peaks.bed",
+                                                                  barcodes=chosen, progress=False)
+    assert cells == whole_cells == barcodes[::-3] and features == whole_features and notes == whole_notes
+    import scipy.sparse as sp
+
+    for _ in range(2):  # a second pass reads the same blocks again
+        parts = list(blocks())
+        assert [p.shape[0] for p in parts[:-1]] == [16] * (len(parts) - 1)
+        assert (sp.vstack(parts).tocsr() != X).nnz == 0
+
+
+def test_a_filtered_store_of_a_fragment_file_is_the_filtered_read(simulated, tmp_path):
+    folder, *_ = simulated
+    filter = {"min_cells_per_peak": 20, "min_peaks_per_cell": 30}
+    store, reused = scatac.io.store.filtered_store(tmp_path / "f.store.h5ad", folder / "fragments.tsv.gz",
+                                                   filter=filter, progress=False, peaks=folder / "peaks.bed",
+                                                   min_fragments=5)
+    expected = scatac.read(folder / "fragments.tsv.gz", peaks=folder / "peaks.bed", min_fragments=5, verbose=False)
+    scatac.pp.filter(expected, **filter)
+    import anndata
+
+    stored = anndata.read_h5ad(store)
+    assert not reused and stored.n_obs < 300 and stored.n_vars < 400  # the filter did drop cells and peaks
+    assert list(stored.obs_names) == list(expected.obs_names) and list(stored.var_names) == list(expected.var_names)
+    assert (stored.X != expected.X).nnz == 0

@@ -27,8 +27,25 @@ MIN_ENTRY_BYTES = 4
 
 
 class Matrix(NamedTuple):
-    """What a reader returns: X (n_cells, n_peaks) CSR float32, the cell and peak names, and an
-    .h5ad's own obs and var tables (None for the other layouts)."""
+    """What a reader returns: the counts and names of one input, before they become an AnnData.
+
+    Attributes
+    ----------
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) float32 counts, canonical.
+    barcodes : list of str
+        (n_cells,) the cells' names.
+    peaks : list of str
+        (n_peaks,) the peaks' names.
+    obs, var : pandas.DataFrame or None
+        An `.h5ad`'s own obs and var tables (None for the other layouts).
+    notes : tuple of str
+        What the reader set aside, for the run's log.
+    layers : tuple of str
+        An AnnData's layer names.
+    layer : str or None
+        The layer read (None: X).
+    """
 
     X: sp.csr_matrix
     barcodes: list
@@ -319,10 +336,28 @@ def _is_table(name: str) -> bool:
 def read_matrix(path, layer: str | None = None, modality: str | None = None, use_selected: bool = False,
                 peaks=None, tile_size: int | None = None, barcodes=None, min_fragments: int = 200,
                 counting: str = "paired-insertion") -> Matrix:
-    """The counts at `path` in any supported layout, detected from the path; X canonical CSR cells x peaks.
-    `layer`, `modality` and `use_selected` apply to AnnData (.h5ad) and MuData (.h5mu) files; `peaks` or
-    `tile_size`, `barcodes`, `min_fragments` and `counting` to fragment files (see scatac.io.fragments)."""
-    from .fragments import count_fragments, is_fragment_file
+    """The counts at `path`, in any supported layout detected from the path.
+
+    Parameters
+    ----------
+    path : str or Path
+        The input (`scatac.read` lists the layouts).
+    layer, modality, use_selected
+        AnnData (`.h5ad`) and MuData (`.h5mu`) inputs, as `scatac.read` takes them.
+    peaks, tile_size, barcodes, min_fragments, counting
+        Fragment files, as `scatac.read` takes them (`scatac.io.fragments.count_fragments`).
+
+    Returns
+    -------
+    Matrix
+        X canonical CSR (n_cells, n_peaks) float32, the names, and an AnnData's own tables.
+
+    Raises
+    ------
+    scatac.InputError
+        A missing, unknown or broken input, named.
+    """
+    from .fragments import count_fragments, is_fragment_input
 
     path = Path(path)
     if not path.exists():
@@ -330,8 +365,7 @@ def read_matrix(path, layer: str | None = None, modality: str | None = None, use
     name = path.name.lower()
     is_anndata = name.endswith((".h5ad", ".h5mu"))
     # a fragment file by its name (fragments.tsv.gz, atac_fragments.tsv.gz), or any text table given peaks to count in
-    is_fragments = path.is_file() and (is_fragment_file(path) or (
-        (peaks is not None or tile_size is not None) and without_compression(name).endswith((".tsv", ".txt", ".bed"))))
+    is_fragments = is_fragment_input(path, peaks, tile_size)
     for given, flag, applies in ((layer, "--layer", is_anndata), (modality, "--modality", is_anndata),
                                  (use_selected or None, "--use-selected", is_anndata),
                                  (barcodes, "--barcodes", is_fragments), (peaks, "--peaks", is_fragments),
@@ -365,8 +399,21 @@ def read_matrix(path, layer: str | None = None, modality: str | None = None, use
 
 
 def peek_shape(path) -> tuple[int, int] | None:
-    """(n_cells, n_peaks) from a file's header alone, without reading the matrix; None where a layout has no header
-    (a table) or the header cannot be read (read_matrix then says why)."""
+    """(n_cells, n_peaks) from a file's header alone, without reading the matrix.
+
+    What lets a script refuse a `latent_dim` too large for the data before loading it.
+
+    Parameters
+    ----------
+    path : str or Path
+        The input.
+
+    Returns
+    -------
+    tuple of int or None
+        (n_cells, n_peaks); None where a layout has no header (a table) or the header cannot be read (`read_matrix`
+        then says why).
+    """
     path = Path(path)
     try:
         name = path.name.lower()

@@ -45,9 +45,14 @@ MERGE_GAP = CHUNK_ELEMENTS
 class StoreStatistics(NamedTuple):
     """What one pass over a store's blocks counts: enough for the filter and every transform's per-peak fit.
 
-    cells_per_peak: (n_peaks,) int64, cells in which each peak holds a non-zero value.
-    peaks_per_cell: (n_cells,) int64, non-zero peaks of each cell.
-    peak_max: (n_peaks,) float64, each peak's largest absolute value (0 where it is never open).
+    Attributes
+    ----------
+    cells_per_peak : numpy.ndarray
+        (n_peaks,) int64, cells in which each peak holds a non-zero value.
+    peaks_per_cell : numpy.ndarray
+        (n_cells,) int64, non-zero peaks of each cell.
+    peak_max : numpy.ndarray
+        (n_peaks,) float64, each peak's largest absolute value (0 where it is never open).
     """
 
     cells_per_peak: np.ndarray
@@ -178,15 +183,28 @@ def write_store(blocks: Iterable, path, *, barcodes, peaks, obs=None, var=None, 
 class StoredCounts:
     """Counts in a store, read in blocks of rows through h5py: never the whole matrix.
 
+    Made by `open_store`. Rows come back as CSR float32 (as `scatac.read` gives counts, whatever the dtype on disk),
+    indices int32. Holds the file open until `close()` (or the end of a `with` block).
+
+    Parameters
+    ----------
+    path : Path
+        The store.
+    handle : h5py.File
+        The store, open for reading.
+
     Attributes
     ----------
-    path : the store's path.
-    n_cells, n_peaks : X's shape. nnz : its stored values.
-    indptr : (n_cells + 1,) int64, X's row pointers, held in memory (what makes any run of rows one read).
-    obs, var : DataFrames of the cells and peaks (read on first use); obs_names, var_names their indexes.
-
-    Rows come back as CSR float32 (as `scatac.read` gives counts, whatever the dtype on disk), indices int32.
-    Holds the file open until `close()` (or the end of a `with` block).
+    path : Path
+        The store's path.
+    n_cells, n_peaks : int
+        X's shape (also `shape`).
+    nnz : int
+        X's stored values.
+    indptr : numpy.ndarray
+        (n_cells + 1,) int64, X's row pointers, held in memory (what makes any run of rows one read).
+    obs, var : pandas.DataFrame
+        The cells and the peaks (read on first use); `obs_names` and `var_names` their indexes.
     """
 
     def __init__(self, path, handle):
@@ -314,9 +332,22 @@ class StoredCounts:
 
 
 def block_statistics(blocks: Iterable, n_cells: int, n_peaks: int) -> StoreStatistics:
-    """StoreStatistics of `blocks`, (first row, CSR block) pairs covering rows 0..n_cells - 1: one pass, holding
-    one block and the O(n_cells + n_peaks) results at a time. Shared by a store's own pass and convert_to_store's
-    filter over a source's blocks."""
+    """StoreStatistics of blocks of rows, in one pass.
+
+    Holds one block and the O(n_cells + n_peaks) results at a time. Shared by a store's own pass and
+    `convert_to_store`'s filter over a source's blocks.
+
+    Parameters
+    ----------
+    blocks : iterable of (int, scipy.sparse.csr_matrix)
+        (first row, CSR block) pairs covering rows 0 .. n_cells - 1.
+    n_cells, n_peaks : int
+        The matrix's shape.
+
+    Returns
+    -------
+    StoreStatistics
+    """
     cells_per_peak = np.zeros(n_peaks, dtype=np.int64)
     peaks_per_cell = np.zeros(n_cells, dtype=np.int64)
     # float32 as the values read: ufunc.at is many times slower when the two types differ
@@ -332,24 +363,40 @@ def block_statistics(blocks: Iterable, n_cells: int, n_peaks: int) -> StoreStati
 def filter_store(counts, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10,
                  n_top_peaks=None, *, statistics: StoreStatistics | None = None,
                  block_cells: int = DEFAULT_BLOCK_CELLS, progress: bool = False):
-    """Which cells and peaks SCALE's filter keeps, from passes over a store's blocks: `pp.filter_masks`'s
-    (cell_mask, peak_mask, summary), the same masks and summary as it gives on the whole matrix.
+    """Which cells and peaks SCALE's filter keeps, from passes over a store's blocks.
 
-    counts: a StoredCounts, or anything with its `shape`, `path`, `blocks(block_cells, progress)` and
-    `statistics(block_cells, progress)` (convert_to_store's view of a source it streams).
-
-    Peaks open in at least `min_cells_per_peak` and at most `max_cells_per_peak` cells stay (fractions below 1 are
-    of the cells); cells with at least `min_peaks_per_cell` open peaks among those (a fraction: of those peaks);
-    then peaks that only dropped cells opened go; `n_top_peaks` keeps the most often open of the rest.
+    The same masks and summary as `scatac.pp.filter_masks` gives on the whole matrix. Peaks open in at least
+    `min_cells_per_peak` and at most `max_cells_per_peak` cells stay (fractions below 1 are of the cells); cells with
+    at least `min_peaks_per_cell` open peaks among those (a fraction: of those peaks); then peaks that only dropped
+    cells opened go; `n_top_peaks` keeps the most often open of the rest.
 
     Passes: the one-pass statistics (cells opening each peak; skipped when given as `statistics`); a second pass
-    counting each cell's open peaks among the peaks in range, which decides the cell, and, over the kept cells,
-    the cells opening each peak (skipped when every peak is in range and every cell then kept: the first pass
-    counted both); a third only when `n_top_peaks` drops peaks, for the cells left with none of the top peaks.
+    counting each cell's open peaks among the peaks in range, which decides the cell, and, over the kept cells, the
+    cells opening each peak (skipped when every peak is in range and every cell then kept: the first pass counted
+    both); a third only when `n_top_peaks` drops peaks, for the cells left with none of the top peaks.
+
+    Parameters
+    ----------
+    counts : StoredCounts
+        Or anything with its `shape`, `path`, `blocks(block_cells, progress)` and `statistics(block_cells, progress)`
+        (`convert_to_store`'s view of a source it streams).
+    min_cells_per_peak, max_cells_per_peak, min_peaks_per_cell, n_top_peaks
+        The thresholds, as `scatac.pp.filter` takes and checks them.
+    statistics : StoreStatistics or None
+        The store's statistics when already counted.
+    block_cells : int
+        Cells read at a time.
+    progress : bool
+        A tqdm bar over each pass.
 
     Returns
     -------
-    cell_mask : (n_cells,) bool. peak_mask : (n_peaks,) bool. summary : dict, as pp.filter_masks's.
+    cell_mask : numpy.ndarray
+        (n_cells,) bool.
+    peak_mask : numpy.ndarray
+        (n_peaks,) bool.
+    summary : dict
+        As `scatac.pp.filter_masks`'s.
     """
     from ..pp import _open_per_cell, filter_decision
 
@@ -393,10 +440,23 @@ def _x_encoding(group) -> str:
 
 
 def open_store(path) -> StoredCounts:
-    """Open a store (an .h5ad whose X is CSR) for reading in blocks: see StoredCounts.
+    """Open a store (an .h5ad whose X is CSR) for reading in blocks.
 
-    Raises InputError naming the file when it is missing, not HDF5, not an AnnData file, or its X is dense or
-    CSC (either is turned into a store by `convert_to_store`).
+    Parameters
+    ----------
+    path : str or Path
+        The store.
+
+    Returns
+    -------
+    StoredCounts
+        Holds the file open until `close()` (or the end of a `with` block).
+
+    Raises
+    ------
+    scatac.InputError
+        Naming the file when it is missing, not HDF5, not an AnnData file, or its X is dense or CSC (either is turned
+        into a store by `convert_to_store`).
     """
     import h5py
 
@@ -660,10 +720,13 @@ def convert_to_store(source, path, *, block_cells: int = DEFAULT_BLOCK_CELLS, la
     labels are checked before any block is read, so a broken input fails at once with an InputError naming it.
     Unlike `scatac.read`, the streamed path does not warn about values that look normalized.
     """
+    import tempfile
+
     import h5py
 
     from ..params import FILTER
     from . import make_unique, read
+    from .fragments import is_fragment_input, partition_fragments
     from .labels import read_labels
     from .matrices import _h5_filters
 
@@ -685,6 +748,7 @@ def convert_to_store(source, path, *, block_cells: int = DEFAULT_BLOCK_CELLS, la
         provenance["store"] = store_record(source, labels=labels, label_key=label_key, filter=thresholds, layer=layer,
                                            modality=modality, use_selected=use_selected, **read_options)
     handle = None
+    stack = contextlib.ExitStack()  # the fragment hits' temporary folder, removed however the write ends
     try:
         plan = None
         if streamable:
@@ -706,6 +770,19 @@ def convert_to_store(source, path, *, block_cells: int = DEFAULT_BLOCK_CELLS, la
             except (KeyError, ValueError, TypeError, OSError) as exc:
                 fail(source, f"not a readable {'AnnData' if 'h5ad' in name or 'h5mu' in name else '10x HDF5'} file "
                              f"({exc.__class__.__name__}: {exc})".replace("\n", " "))
+        elif is_fragment_input(source, read_options.get("peaks"), read_options.get("tile_size")):
+            # counted in two passes over the file into a block of cells at a time, never the whole matrix
+            for given, flag in ((layer, "--layer"), (modality, "--modality"), (use_selected or None, "--use-selected")):
+                if given is not None:
+                    fail(source, f"{flag} applies to AnnData .h5ad and MuData .h5mu files")
+            if not path.parent.is_dir():
+                fail(path, f"folder {path.parent} does not exist")
+            hits = stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{path.name}.hits-", dir=path.parent))
+            cells, features, notes, blocks = partition_fragments(source, hits, block_cells=block_cells,
+                                                                 progress=progress, **read_options)
+            for note in notes if progress else ():  # as scatac.read says them (verbose)
+                info(note)
+            plan = _Source(cells, features, None, None, lambda _: blocks())
         if plan is None:  # read whole, then written in blocks
             adata = read(source, labels=labels, label_key=label_key, layer=layer, modality=modality,
                          use_selected=use_selected, verbose=progress, **read_options)
@@ -745,6 +822,7 @@ def convert_to_store(source, path, *, block_cells: int = DEFAULT_BLOCK_CELLS, la
         return write_store(checked_blocks(), path, barcodes=barcodes, peaks=plan.peaks, obs=plan.obs, var=plan.var,
                            labels=label_values, uns={"scatac": provenance}, progress=progress)
     finally:
+        stack.close()
         if handle is not None:
             handle.close()
 
@@ -968,9 +1046,22 @@ def prepare_store(path, source, **keywords) -> tuple[float, str]:
 
 
 def read_backed(path):
-    """A store as a backed AnnData (`anndata.read_h5ad(path, backed="r")`: obs, var and uns in memory, X on disk),
-    its filter summary (uns["scatac"]["filter"]) as python ints, as pp.filter records it in memory, so that the
-    records written from either (run.json) hold numbers alike."""
+    """A store as a backed AnnData, its filter summary as Python ints.
+
+    `anndata.read_h5ad(path, backed="r")`: obs, var and uns in memory, X on disk. The filter summary
+    (`uns["scatac"]["filter"]`) is made of Python ints, as `scatac.pp.filter` records it in memory, so that the records
+    written from either (run.json) hold numbers alike.
+
+    Parameters
+    ----------
+    path : str or Path
+        The store.
+
+    Returns
+    -------
+    AnnData
+        Backed, read-only.
+    """
     import anndata
 
     adata = anndata.read_h5ad(path, backed="r")
@@ -1021,3 +1112,7 @@ def _store_lock(path: Path):
             with contextlib.suppress(OSError):
                 os.unlink(lock_path)
             os.close(fd)
+
+
+__all__ = ["StoredCounts", "StoreStatistics", "open_store", "write_store", "convert_to_store", "filtered_store",
+           "filter_store", "block_statistics", "check_store_path", "read_backed"]
