@@ -38,8 +38,9 @@ FIT = {"AE": ae, "SparseAE": sparse_ae, "StackedAE": stacked_ae, "VAE": vae, "NM
 # only because a reference ran in a weak setting: Signac's RunSVD takes 50 components and its FindNeighbors and
 # RunUMAP use dimensions 2-30 (29 after the depth component), SnapATAC2's tl.spectral takes n_comps=30. LSI_idf is
 # LSI on the input NMF and LSNMF take by default (pp.idf), so neither is ahead for its input alone, with the
-# components weighted by their singular values: the strongest LSI variant on both bone-marrow sets (README). LSI_US
-# is Signac's input with those weights: the strongest on cerebellum801, where unit variance lost 0.13 ARI (README).
+# components weighted by their singular values: the strongest LSI variant on both bone-marrow sets. LSI_US is
+# Signac's input with those weights: the strongest on the cerebellum set, where unit variance lost most
+# (docs/benchmarks.md, "Which LSI variant scored what").
 OWN_SIZE = {"LSI_Signac": 29, "SnapATAC2_defaults": 30}
 LSI_REFERENCES = ("LSI", "LSI_Signac", "LSI_US", "LSI_idf")
 SNAPATAC2_REFERENCES = ("SnapATAC2", "SnapATAC2_defaults")
@@ -252,7 +253,7 @@ def build_parser():
     group.add_argument("--n-init", type=int, default=params.N_INIT.default, help="K-means restarts, the same for every method (default 10)")
     group.add_argument("--no-snapatac2", action="store_true", help="skip SnapATAC2 even when it is installed")
     group.add_argument("--debug", action="store_true", help="print the traceback of a method that fails")
-    group = parser.add_argument_group("epochs per method (defaults chosen by measurement; see README)")
+    group = parser.add_argument_group("epochs per method (defaults chosen by measurement; see docs/benchmarks.md)")
     for method in methods.NEURAL:
         defaults = [method.options[name].default for name in method.epoch_options]
         several = len(method.epoch_options) > 1
@@ -266,7 +267,7 @@ def build_parser():
     groups = {}
     params.RUN.add_arguments(parser, groups, skip=("seed", "cluster"))  # both clusterings are scored
     groups["data"].add_argument("--transform", choices=params.TRANSFORMS, default=None,
-                                help="one input transform for every autoencoder (default: each one's own, tfidf; see README)")
+                                help="one input transform for every autoencoder (default: each one's own, tfidf; see docs/user-guide/methods.md)")
     return parser
 
 

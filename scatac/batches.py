@@ -35,19 +35,29 @@ def rows_of(X: sp.csr_matrix, rows: np.ndarray):
 
 
 class SparseRows:
-    """A mini-batch of cells kept sparse on the device: what nn.PeakLinear multiplies without densifying.
+    """A mini-batch of cells kept sparse on the device: what `scatac.nn.PeakLinear` multiplies without densifying.
 
-    offsets: (batch,) int64 start of each cell's non-zeros; indices: (nnz,) int64 peak of each
-    non-zero; values: (nnz,) float32. `shape` is (batch, n_peaks), as a dense batch's would be.
+    Parameters
+    ----------
+    offsets : torch.Tensor
+        (batch,) int64, the start of each cell's non-zeros.
+    indices : torch.Tensor
+        (nnz,) int64, the peak of each non-zero.
+    values : torch.Tensor
+        (nnz,) float32, the values.
+    shape : tuple of int
+        (batch, n_peaks), as a dense batch's would be.
     """
 
     def __init__(self, offsets, indices, values, shape):
         self.offsets, self.indices, self.values, self.shape = offsets, indices, values, tuple(shape)
 
     def with_values(self, values):
+        """The same pattern with other values (nnz,)."""
         return SparseRows(self.offsets, self.indices, values, self.shape)
 
     def to_dense(self):
+        """The batch as a dense (batch, n_peaks) float32 tensor."""
         import torch
 
         dense = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
@@ -58,7 +68,18 @@ class SparseRows:
 
 
 def cell_depth_logit(X: sp.csr_matrix) -> np.ndarray:
-    """Logit of each cell's fraction of open peaks: the depth offset the decoders add to their logits."""
+    """The logit of each cell's fraction of open peaks: the depth offset the decoders add to their logits.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) counts, stored values non-zero.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_cells,) float32.
+    """
     open_fraction = np.diff(X.indptr) / X.shape[1]
     open_fraction = np.clip(open_fraction, 1e-6, 1 - 1e-6)
     return np.log(open_fraction / (1 - open_fraction)).astype(np.float32)
@@ -66,14 +87,22 @@ def cell_depth_logit(X: sp.csr_matrix) -> np.ndarray:
 
 @dataclass
 class TrainData:
-    """What a model sees per cell: encoder input, binary reconstruction target, depth offset.
+    """What a model sees of every cell: the encoder's input, the binary reconstruction target, the depth offset.
 
-    inputs: CSR (n_cells, n_peaks) after the input transform. Every transform keeps the counts'
-        sparsity pattern, so the binary target (1 where the peak is open) is read off the
-        pattern of `inputs` per batch instead of being stored: a CSR copy less at atlas size.
-    depth: (n_cells,) float32, logit of the fraction of open peaks.
-    neighbors: (n_cells, k) int64 reference neighbours of each cell (pp.reference_neighbors), or None: what
-        the neighbour term pairs cells with (Trainer.train's neighbor_weight).
+    Every transform keeps the counts' sparsity pattern, so the binary target (1 where the peak is open) is read off the
+    pattern of `inputs` per batch instead of being stored: a CSR copy less at atlas size. Build it with `from_counts`.
+
+    Attributes
+    ----------
+    inputs : scipy.sparse.csr_matrix
+        (n_cells, n_peaks), the counts after the input transform.
+    depth : numpy.ndarray
+        (n_cells,) float32, the logit of each cell's fraction of open peaks.
+    neighbors : numpy.ndarray or None
+        (n_cells, k) int64 reference neighbours of each cell (`scatac.pp.reference_neighbors`): what the neighbour term
+        pairs cells with.
+    n_cells, n_peaks, nnz : int
+        The input's shape and stored values.
     """
 
     inputs: sp.csr_matrix
@@ -82,6 +111,19 @@ class TrainData:
 
     @classmethod
     def from_counts(cls, counts: sp.csr_matrix, transform_kind: str):
+        """The cells of a count matrix, transformed for the encoder.
+
+        Parameters
+        ----------
+        counts : scipy.sparse.csr_matrix
+            (n_cells, n_peaks) counts.
+        transform_kind : str
+            The input transform (`scatac.pp.transform`).
+
+        Returns
+        -------
+        TrainData
+        """
         counts = stored_nonzero(counts)  # an explicit zero would otherwise read as an open peak
         return cls(inputs=transform(counts, transform_kind), depth=cell_depth_logit(counts))
 
@@ -114,12 +156,29 @@ def sparse_batches_supported(device) -> bool:
 
 
 class Batch:
-    """One mini-batch on the device.
+    """One mini-batch on the device; only this batch's rows are ever densified.
 
-    x: the encoder input, SparseRows (CPU, CUDA) or a dense (batch, n_peaks) tensor (MPS);
-    open: the batch's open peaks as SparseRows of ones (what a decoder reconstructs);
-    target: the same as a dense (batch, n_peaks) float32 tensor, made on the device on first use
-    (only the full decoder asks for it); depth: (batch, 1). Only this batch's rows are ever densified.
+    Parameters
+    ----------
+    data : TrainData
+        The cells.
+    rows : numpy.ndarray
+        The batch's cells (any order).
+    device : torch.device
+        Where the batch goes.
+
+    Attributes
+    ----------
+    rows : numpy.ndarray
+        The batch's cells.
+    x : SparseRows or torch.Tensor
+        The encoder's input: SparseRows on CPU and CUDA, a dense (batch, n_peaks) tensor on MPS.
+    open : SparseRows
+        The batch's open peaks, as ones: what a decoder reconstructs.
+    target : torch.Tensor
+        The same as a dense (batch, n_peaks) float32 tensor, made on first use (only the full decoder asks for it).
+    depth : torch.Tensor
+        (batch, 1), the cells' depth offsets.
     """
 
     def __init__(self, data: TrainData, rows: np.ndarray, device):
@@ -145,6 +204,22 @@ class Batch:
 
 
 def iterate_batches(n_cells: int, batch_size: int, rng: np.random.Generator | None):
+    """Cut `n_cells` cells into batches, in a random order or in order.
+
+    Parameters
+    ----------
+    n_cells : int
+        The cells.
+    batch_size : int
+        Cells per batch (the last may be smaller).
+    rng : numpy.random.Generator or None
+        Shuffles the cells; None keeps their order.
+
+    Yields
+    ------
+    numpy.ndarray
+        Each batch's cell positions.
+    """
     order = rng.permutation(n_cells) if rng is not None else np.arange(n_cells)
     for start in range(0, n_cells, batch_size):
         yield order[start : start + batch_size]
@@ -152,11 +227,24 @@ def iterate_batches(n_cells: int, batch_size: int, rng: np.random.Generator | No
 
 def draw_neighbors(rows: np.ndarray, neighbors: np.ndarray, rng: np.random.Generator,
                    allowed: np.ndarray | None = None) -> np.ndarray:
-    """One reference neighbour of each cell in `rows`, drawn at random: the cells the neighbour term pairs them with.
+    """One reference neighbour of each cell, drawn at random: the cells the neighbour term pairs them with.
 
-    neighbors: (n_cells, k) from TrainData. allowed: a boolean mask over all cells (early stopping's training
-    cells): a neighbour outside it is replaced by the cell itself (a zero distance), so held-out cells stay unseen.
-    Returns (len(rows),) int64.
+    Parameters
+    ----------
+    rows : numpy.ndarray
+        The cells of a batch.
+    neighbors : numpy.ndarray
+        (n_cells, k) from `TrainData.neighbors`.
+    rng : numpy.random.Generator
+        The draw.
+    allowed : numpy.ndarray or None
+        A boolean mask over all cells (early stopping's training cells): a neighbour outside it is replaced by the cell
+        itself (a zero distance), so that held-out cells stay unseen.
+
+    Returns
+    -------
+    numpy.ndarray
+        (len(rows),) int64.
     """
     picked = neighbors[rows, rng.integers(0, neighbors.shape[1], len(rows))]
     if allowed is not None:
@@ -165,30 +253,56 @@ def draw_neighbors(rows: np.ndarray, neighbors: np.ndarray, rng: np.random.Gener
 
 
 class BatchSource:
-    """What the training loop asks for each epoch's mini-batches (train.Trainer.train): an in-memory shuffle here,
-    a streamed or sharded reader elsewhere, without the loop knowing which.
+    """What the training loop asks for each epoch's mini-batches: an in-memory shuffle, or a streamed or sharded reader.
 
-    `epoch(epoch)` yields (batch, pairs): a Batch of the cells to train on, and for the neighbour term either None
-    (no such term in the step) or (anchors, partners), two Batches of the same length: cells of the batch (all of
-    them here; a source may take a sample) and one reference neighbour of each, in the same order. n_cells: the cells an epoch covers; batches_per_epoch: the pairs a full epoch
-    yields (what the timing records scale by).
+    The loop (`scatac.train.Trainer.train`) does not know which. `epoch(epoch)` yields (batch, pairs): a Batch of the
+    cells to train on, and for the neighbour term either None (no such term in the step) or (anchors, partners), two
+    Batches of the same length: cells of the batch and one reference neighbour of each, in the same order.
+
+    Attributes
+    ----------
+    n_cells : int
+        The cells an epoch covers.
+    batches_per_epoch : int
+        The pairs a full epoch yields (what the timing records scale by).
     """
 
     n_cells: int = 0
     batches_per_epoch: int = 0
 
     def epoch(self, epoch: int):
+        """Yield one epoch's (batch, pairs), as the class says.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch (1-based).
+        """
         raise NotImplementedError
 
 
 class InMemoryBatches(BatchSource):
     """Shuffled mini-batches of TrainData's rows, every epoch a new permutation of `rows`.
 
-    rows: (n,) int64 cells to train on, e.g. early stopping's training cells (None: every cell).
-    neighbors: (n_cells, k) reference neighbours to pair each cell with (TrainData.neighbors), or None.
-    max_batches: yield only the first N pairs of an epoch (bench/scale.py's time per batch).
-    One generator, default_rng(seed), draws each epoch's permutation and then, step by step, the
-    neighbours: the order a seed's runs depend on.
+    One generator, default_rng(seed), draws each epoch's permutation and then, step by step, the neighbours: the order
+    a seed's runs depend on.
+
+    Parameters
+    ----------
+    data : TrainData
+        The cells.
+    batch_size : int
+        Cells per batch.
+    device : torch.device
+        Where batches go.
+    seed : int
+        The shuffle's seed.
+    rows : numpy.ndarray or None
+        (n,) int64 cells to train on, e.g. early stopping's training cells (None: every cell).
+    neighbors : numpy.ndarray or None
+        (n_cells, k) reference neighbours to pair each cell with (`TrainData.neighbors`).
+    max_batches : int or None
+        Yield only the first N pairs of an epoch (bench/scale.py's time per batch).
     """
 
     def __init__(self, data: TrainData, batch_size: int, device, seed: int, rows: np.ndarray | None = None,
@@ -216,8 +330,12 @@ class InMemoryBatches(BatchSource):
                 batch = self.data.batch(rows, self.device)
             pairs = None
             if self.neighbors is not None and len(rows) > 1:  # a single cell has no pairs to compare with
-                # every cell of the batch: the term on a sample of 64 of hemato4k's batches of 512 halved its cost
-                # and lost more ARI than the term gives there (README, "Why cerebellum801 broke the methods")
+                # every cell of the batch: the term on a sample of 64 cells of each batch of 512 cost less but lost
+                # more ARI than the term gives (docs/tried-and-dropped.md, "Forms of the neighbour term")
                 partners = draw_neighbors(rows, self.neighbors, self.rng, self.allowed)
                 pairs = (batch, self.data.batch(partners, self.device))
             yield batch, pairs
+
+
+__all__ = ["TrainData", "Batch", "SparseRows", "BatchSource", "InMemoryBatches", "iterate_batches", "draw_neighbors",
+           "cell_depth_logit"]

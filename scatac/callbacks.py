@@ -27,10 +27,30 @@ MIN_IMPROVEMENT = 1e-4  # relative: a held-out loss this much below the best so 
 class TrainState:
     """One train() call as its callbacks see it (built by keyword: its fields are many and alike).
 
-    epochs and batch_size: the call's (batch_size resolved from 'auto'); batches: the BatchSource the loop draws from;
-    epoch: the epoch under way (1-based, 0 before the first);
-    history: the records so far, one dict per epoch (the last one is the record on_epoch_end receives);
-    stopped_early: a callback's on_epoch_end asked the loop to stop (which may be at the last epoch).
+    Attributes
+    ----------
+    trainer : scatac.train.Trainer
+        The trainer running the call (a callback reaches the loop through it: `trainer.full_loss`).
+    model : torch.nn.Module
+        The model being trained.
+    data : scatac.batches.TrainData
+        The cells (or a store's, `scatac.streamed.StoredData`).
+    loss_fn : callable
+        `loss_fn(model, batch, epoch)`, the loss terms of a batch.
+    phase : str
+        The call's name (its records' phase).
+    epochs : int
+        The epochs asked for.
+    batch_size : int
+        The call's batch size, resolved from 'auto'.
+    batches : scatac.batches.BatchSource
+        What the loop draws each epoch's batches from.
+    epoch : int
+        The epoch under way (1-based; 0 before the first).
+    history : list of dict
+        The records so far, one per epoch (the last one is the record on_epoch_end receives).
+    stopped_early : bool
+        A callback's on_epoch_end asked the loop to stop (which may be at the last epoch).
     """
 
     trainer: "Trainer"
@@ -49,36 +69,95 @@ class TrainState:
 class Callback:
     """Hooks of the training loop, in the style of Lightning's: each does nothing unless overridden.
 
-    Per train() call: on_train_start, then per epoch on_epoch_start, on_batch_end after each optimizer step,
-    on_batches_end after the epoch's last step (before its record exists), on_epoch_end, and on_train_end
-    once the loop is done (not after an exception). A callback may be passed to several calls (the
-    StackedAE's phases): on_train_start is where it starts afresh.
+    Per train() call: `on_train_start`, then per epoch `on_epoch_start`, `on_batch_end` after each optimizer step,
+    `on_batches_end` after the epoch's last step (before its record exists), `on_epoch_end`, and `on_train_end` once the
+    loop is done (not after an exception). A callback may be passed to several calls (the StackedAE's phases):
+    `on_train_start` is where it starts afresh. Pass callbacks to `scatac.train.Trainer` (every call) or to its
+    `train` (one call).
     """
 
     def on_train_start(self, state: TrainState):
+        """Before the first epoch of a train() call.
+
+        Parameters
+        ----------
+        state : TrainState
+        """
         pass
 
     def on_epoch_start(self, state: TrainState):
+        """Before an epoch's first step (`state.epoch` is the epoch starting).
+
+        Parameters
+        ----------
+        state : TrainState
+        """
         pass
 
     def on_batch_end(self, state: TrainState, index: int, batch: Batch):
+        """After each optimizer step.
+
+        Parameters
+        ----------
+        state : TrainState
+        index : int
+            The step's number within the epoch (0-based).
+        batch : scatac.batches.Batch
+            The batch just trained on.
+        """
         pass
 
     def on_batches_end(self, state: TrainState):
+        """After the epoch's last step, before its record exists.
+
+        Parameters
+        ----------
+        state : TrainState
+        """
         pass
 
     def on_epoch_end(self, state: TrainState, record: dict) -> bool | None:
-        """May change `record` in place (it is already in state.history); True stops training after this
-        epoch, once every callback has seen it."""
+        """After an epoch, with its record.
+
+        Parameters
+        ----------
+        state : TrainState
+        record : dict
+            The epoch's record (phase, epoch, the loss and its terms), already in `state.history`; may be changed in
+            place.
+
+        Returns
+        -------
+        bool or None
+            True stops training after this epoch, once every callback has seen it.
+        """
 
     def on_train_end(self, state: TrainState):
+        """Once the loop is done (not after an exception).
+
+        Parameters
+        ----------
+        state : TrainState
+        """
         pass
 
 
 class FullLossReport(Callback):
-    """A sampled decoder's loss is an estimate: each record's terms become the full loss on REPORT_CELLS fixed
-    cells (the same for a seed, within `training_rows` when some are held out), the estimate kept as
-    "sampled_loss". Runs in training mode, as the full decoder's records are taken."""
+    """A sampled decoder's records report the full loss: each record's terms become the full loss on fixed cells.
+
+    The sampled decoder's loss is an estimate; the full loss (every peak's logit) is taken on `REPORT_CELLS` cells, the
+    same for a seed (within `training_rows` when some are held out), and the estimate is kept as "sampled_loss". Runs
+    in training mode, as the full decoder's records are taken.
+
+    Parameters
+    ----------
+    n_cells : int
+        The cells of the data.
+    seed : int
+        Which cells.
+    training_rows : numpy.ndarray or None
+        The cells trained on, when early stopping holds some out.
+    """
 
     def __init__(self, n_cells: int, seed: int, training_rows: np.ndarray | None = None):
         self.rows = np.sort(np.random.default_rng(seed).permutation(n_cells)[:REPORT_CELLS])
@@ -94,11 +173,22 @@ class FullLossReport(Callback):
 
 
 class EarlyStopping(Callback):
-    """The held-out cells' loss (every peak's logit, the model in eval mode, on at most VALIDATION_MAX_CELLS
-    of `held_out`, (n_held,) sorted cell indices) is each record's "validation_loss"; training stops once
-    it has not improved by MIN_IMPROVEMENT of itself for `patience` epochs, not before `min_epochs` (the
-    VAE's KL warm-up, while the loss still changes meaning). The weights stay those of the last epoch,
-    as Keras's and Lightning's EarlyStopping leave them by default."""
+    """The held-out cells' loss in each record, and the stop once it stalls.
+
+    The loss is taken with every peak's logit, the model in eval mode, on at most `VALIDATION_MAX_CELLS` of the
+    held-out cells, and recorded as "validation_loss"; training stops once it has not improved by `MIN_IMPROVEMENT` of
+    itself for `patience` epochs, not before `min_epochs`. The weights stay those of the last epoch, as Keras's and
+    Lightning's EarlyStopping leave them by default.
+
+    Parameters
+    ----------
+    held_out : numpy.ndarray
+        (n_held,) sorted cell indices held out of training (`scatac.train.held_out_cells`).
+    patience : int
+        Epochs without improvement before stopping.
+    min_epochs : int
+        Stop no earlier (the VAE's KL warm-up, while the loss still changes meaning).
+    """
 
     def __init__(self, held_out: np.ndarray, patience: int, min_epochs: int = 0):
         self.rows = held_out[:: max(1, math.ceil(len(held_out) / VALIDATION_MAX_CELLS))]
@@ -119,10 +209,17 @@ class EarlyStopping(Callback):
 
 
 class Timing(Callback):
-    """Appends one record per train() call to `calls` (Trainer.calls: what bench/scale.py and tl read): phase,
-    epochs, batch_size, n_cells and batches_per_epoch (of the batch source), epochs_trained, stopped_early
-    (only when a callback stopped it), seconds, and the seconds and number of the steps after each epoch's
-    first (which pays one-off costs): steady_seconds, steady_batches."""
+    """One record per train() call, appended to `calls` (`Trainer.calls`, what bench/scale.py and `scatac.tl` read).
+
+    Each record: phase, epochs, batch_size, n_cells and batches_per_epoch (of the batch source), epochs_trained,
+    stopped_early (only when a callback stopped it), seconds, and the seconds and number of the steps after each
+    epoch's first (which pays one-off costs): steady_seconds, steady_batches.
+
+    Parameters
+    ----------
+    calls : list
+        Where the records go.
+    """
 
     def __init__(self, calls: list):
         self.calls = calls
@@ -158,8 +255,15 @@ class Timing(Callback):
 
 
 class Progress(Callback):
-    """A tqdm bar of epochs per train() call, showing the last record's loss; `leave` False makes it vanish when
-    done (a bar under another bar), `enabled` False shows nothing."""
+    """A tqdm bar of epochs per train() call, showing the last record's loss.
+
+    Parameters
+    ----------
+    enabled : bool
+        False shows nothing.
+    leave : bool
+        False makes the bar vanish when done (a bar under another bar).
+    """
 
     def __init__(self, enabled: bool = True, leave: bool = True):
         self.enabled, self.leave = enabled, leave
@@ -179,10 +283,19 @@ class Progress(Callback):
 
 
 class EpochFunction(Callback):
-    """`function(epoch, record)` after each epoch: train()'s epoch_callback, for a caller that needs no other hook."""
+    """Call a function after each epoch: train()'s `epoch_callback`, for a caller that needs no other hook.
+
+    Parameters
+    ----------
+    function : callable
+        `function(epoch, record)`.
+    """
 
     def __init__(self, function: Callable):
         self.function = function
 
     def on_epoch_end(self, state, record):
         self.function(state.epoch, record)
+
+
+__all__ = ["Callback", "TrainState", "FullLossReport", "EarlyStopping", "Timing", "Progress", "EpochFunction"]

@@ -30,8 +30,21 @@ COLLECTIVE_TIMEOUT = timedelta(seconds=60)
 
 @dataclass(frozen=True)
 class World:
-    """rank: this process's number, 0 to size - 1; size: the processes training together; local_rank: its number
-    on this machine (which GPU it takes)."""
+    """The processes training together, as this process sees them.
+
+    Attributes
+    ----------
+    rank : int
+        This process's number, 0 to size - 1.
+    size : int
+        The processes training together.
+    local_rank : int
+        Its number on this machine (which GPU it takes).
+    is_distributed : bool
+        More than one process.
+    is_main : bool
+        Rank 0: the process that prints and writes results.
+    """
 
     rank: int = 0
     size: int = 1
@@ -52,12 +65,22 @@ def _env_int(name: str, default: int) -> int:
 
 
 def launched_world() -> World:
-    """The world torchrun describes in the environment (a world of one without it)."""
+    """The world torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK); a world of one without it.
+
+    Returns
+    -------
+    World
+    """
     return World(rank=_env_int("RANK", 0), size=_env_int("WORLD_SIZE", 1), local_rank=_env_int("LOCAL_RANK", 0))
 
 
 def current() -> World:
-    """The world of the process group this process has joined; a world of one when it has joined none."""
+    """The world of the process group this process has joined; a world of one when it has joined none.
+
+    Returns
+    -------
+    World
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -66,14 +89,27 @@ def current() -> World:
 
 
 def is_main() -> bool:
-    """True in the process that writes results and prints: rank 0, or the only process."""
+    """Whether this is the process that writes results and prints: rank 0, or the only process.
+
+    Returns
+    -------
+    bool
+    """
     return launched_world().is_main
 
 
 def setup(device) -> World:
     """Join the process group torchrun prepared, once: gloo for a CPU device, NCCL for CUDA (this rank's GPU).
 
-    device: the torch.device the run trains on. Returns the World; a world of one without torchrun.
+    Parameters
+    ----------
+    device : torch.device
+        The device the run trains on.
+
+    Returns
+    -------
+    World
+        The world joined; a world of one without torchrun.
     """
     import torch
     import torch.distributed as dist
@@ -90,7 +126,19 @@ def setup(device) -> World:
 
 
 def device_for(device, world: World):
-    """The device this rank trains on: its own GPU (LOCAL_RANK) when the run is on CUDA."""
+    """The device this rank trains on: its own GPU (LOCAL_RANK) when the run is on CUDA.
+
+    Parameters
+    ----------
+    device : torch.device
+        The run's device.
+    world : World
+        The processes training together.
+
+    Returns
+    -------
+    torch.device
+    """
     import torch
 
     if device.type == "cuda" and world.is_distributed:
@@ -99,6 +147,7 @@ def device_for(device, world: World):
 
 
 def teardown():
+    """Leave the process group, if this process joined one."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -108,9 +157,23 @@ def teardown():
 def shard(rows: np.ndarray, world: World, seed: int) -> np.ndarray:
     """This rank's cells among `rows`: a fixed split, the same for a seed on every rank, disjoint between ranks.
 
-    rows: (n,) int64 cells to train on. The cells are dealt out in an order drawn from the seed (so a shard is not
-    one part of the file, whose cells may be sorted by type), every rank gets the same number, n // size: the
-    at most size - 1 cells left over are not trained on (they are still encoded). Returns (n // size,) int64, sorted.
+    The cells are dealt out in an order drawn from the seed (so a shard is not one part of the file, whose cells may be
+    sorted by type); every rank gets the same number, n // size: the at most size - 1 cells left over are not trained
+    on (they are still encoded).
+
+    Parameters
+    ----------
+    rows : numpy.ndarray
+        (n,) int64, the cells to train on.
+    world : World
+        The processes training together.
+    seed : int
+        The deal's seed.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n // size,) int64, sorted; `rows` itself in a world of one.
     """
     if not world.is_distributed:
         return rows
@@ -120,12 +183,38 @@ def shard(rows: np.ndarray, world: World, seed: int) -> np.ndarray:
 
 
 def rank_batch_size(batch_size: int, world: World) -> int:
-    """Cells a step on one rank takes so that the ranks' steps together make the global `batch_size`."""
+    """The cells a step on one rank takes, so that the ranks' steps together make the global `batch_size`.
+
+    Parameters
+    ----------
+    batch_size : int
+        The global batch.
+    world : World
+        The processes training together.
+
+    Returns
+    -------
+    int
+        batch_size // world.size, at least 1.
+    """
     return max(1, batch_size // world.size)
 
 
 def sum_over_ranks(values: dict, world: World) -> dict:
-    """{name: float} summed over the ranks (every rank gets the sums): the epoch's loss terms and cell counts."""
+    """Numbers summed over the ranks, every rank getting the sums: an epoch's loss terms and cell counts.
+
+    Parameters
+    ----------
+    values : dict
+        {name: number} of this rank.
+    world : World
+        The processes training together.
+
+    Returns
+    -------
+    dict
+        {name: float} summed over the ranks; `values` itself in a world of one.
+    """
     if not world.is_distributed or not values:
         return values
     import torch
@@ -139,7 +228,19 @@ def sum_over_ranks(values: dict, world: World) -> dict:
 
 
 def all_equal(value: float, world: World) -> bool:
-    """Whether every rank holds the same number (a check that their decisions, e.g. to stop, agree)."""
+    """Whether every rank holds the same number: a check that their decisions (to stop, say) agree.
+
+    Parameters
+    ----------
+    value : float
+        This rank's number.
+    world : World
+        The processes training together.
+
+    Returns
+    -------
+    bool
+    """
     if not world.is_distributed:
         return True
     import torch
@@ -156,8 +257,21 @@ def all_equal(value: float, world: World) -> bool:
 def gather_rows(block: np.ndarray, rows: np.ndarray, n_rows: int, world: World) -> np.ndarray:
     """Every rank's rows of a matrix put together, on every rank.
 
-    block: (len(rows), d) this rank's part; rows: (len(rows),) their row numbers (disjoint between ranks, together
-    covering 0..n_rows - 1). Returns (n_rows, d) of block's dtype.
+    Parameters
+    ----------
+    block : numpy.ndarray
+        (len(rows), d), this rank's part.
+    rows : numpy.ndarray
+        (len(rows),) their row numbers: disjoint between ranks, together covering 0 .. n_rows - 1.
+    n_rows : int
+        The whole matrix's rows.
+    world : World
+        The processes training together.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_rows, d), of block's dtype.
     """
     if not world.is_distributed:
         out = np.empty((n_rows,) + block.shape[1:], dtype=block.dtype)
@@ -174,7 +288,20 @@ def gather_rows(block: np.ndarray, rows: np.ndarray, n_rows: int, world: World) 
 
 
 def gather_objects(value, world: World) -> list:
-    """[value of rank 0, value of rank 1, ...] on every rank (small objects: a shard's summary)."""
+    """One small object from each rank, on every rank (a shard's summary).
+
+    Parameters
+    ----------
+    value : object
+        This rank's object (picklable).
+    world : World
+        The processes training together.
+
+    Returns
+    -------
+    list
+        [rank 0's value, rank 1's value, ...].
+    """
     if not world.is_distributed:
         return [value]
     import torch.distributed as dist
@@ -189,3 +316,7 @@ def _collective_device():
     import torch.distributed as dist
 
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+__all__ = ["World", "launched_world", "current", "is_main", "setup", "teardown", "device_for", "shard",
+           "rank_batch_size", "sum_over_ranks", "all_equal", "gather_rows", "gather_objects"]

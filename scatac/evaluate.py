@@ -12,10 +12,20 @@ import numpy as np
 
 
 def cluster_space(latent: np.ndarray) -> np.ndarray:
-    """Centre each latent dimension, then L2-normalize each cell: the space K-means and silhouette use.
+    """Centre each feature, then L2-normalize each cell: the space K-means, Leiden's graph and the silhouette use.
 
-    The same step is applied to every method, so the comparison stays fair; cosine
-    geometry removes the overall scale that differs between models.
+    The same step for every method keeps the comparison fair; the cosine geometry removes the overall scale that
+    differs between models.
+
+    Parameters
+    ----------
+    latent : numpy.ndarray
+        (n_cells, n_features) features.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_cells, n_features) float32.
     """
     centred = latent - latent.mean(axis=0, keepdims=True)
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
@@ -27,6 +37,24 @@ MINIBATCH_KMEANS_ABOVE = 50000
 
 
 def kmeans(features: np.ndarray, n_clusters: int, seed: int, n_init: int = 10) -> np.ndarray:
+    """K-means of features, MiniBatchKMeans above `MINIBATCH_KMEANS_ABOVE` cells.
+
+    Parameters
+    ----------
+    features : numpy.ndarray
+        (n_cells, n_features), in the clustering space.
+    n_clusters : int
+        K (at most the cells).
+    seed : int
+        The random state.
+    n_init : int
+        Restarts.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_cells,) int cluster ids.
+    """
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     n_clusters = max(1, min(n_clusters, features.shape[0]))
@@ -44,12 +72,27 @@ BISECTION_STEPS = 30
 
 
 def neighbors(features: np.ndarray, n_neighbors: int = NEIGHBORS, seed: int = 0):
-    """The cells' k-nearest-neighbour graph in the clustering space, as scanpy.pp.neighbors weighs it.
+    """The cells' k-nearest-neighbour graph in the clustering space, weighted as scanpy.pp.neighbors weighs it.
 
-    features: (n_cells, n_features) from cluster_space. Exact neighbours (scikit-learn), then UMAP's fuzzy
-    simplicial set turns distances into symmetric connectivities in [0, 1]. Returns (distances, connectivities),
-    both CSR (n_cells, n_cells) float32: each cell's n_neighbors - 1 nearest other cells with their Euclidean
-    distance, and the symmetric weights (scanpy's obsp["distances"] and obsp["connectivities"]).
+    Exact neighbours (scikit-learn), then UMAP's fuzzy simplicial set turns the distances into symmetric connectivities
+    in [0, 1].
+
+    Parameters
+    ----------
+    features : numpy.ndarray
+        (n_cells, n_features), from `cluster_space`.
+    n_neighbors : int
+        Neighbours per cell, the cell itself counted (as scanpy counts them).
+    seed : int
+        The fuzzy simplicial set's random state.
+
+    Returns
+    -------
+    distances : scipy.sparse.csr_matrix
+        (n_cells, n_cells) float32, each cell's n_neighbors - 1 nearest other cells with their Euclidean distance
+        (scanpy's obsp["distances"]).
+    connectivities : scipy.sparse.csr_matrix
+        (n_cells, n_cells) float32, the symmetric weights (scanpy's obsp["connectivities"]).
     """
     import scipy.sparse as sp
     from sklearn.neighbors import NearestNeighbors
@@ -69,7 +112,18 @@ def neighbors(features: np.ndarray, n_neighbors: int = NEIGHBORS, seed: int = 0)
 
 
 def as_igraph(connectivities):
-    """An undirected igraph.Graph of symmetric `connectivities` (CSR), each edge once, weights in "weight"."""
+    """An undirected igraph.Graph of symmetric connectivities, each edge once.
+
+    Parameters
+    ----------
+    connectivities : scipy.sparse.csr_matrix
+        (n_cells, n_cells), symmetric.
+
+    Returns
+    -------
+    igraph.Graph
+        The weights in the edge attribute "weight".
+    """
     import igraph
 
     upper = connectivities.tocoo()
@@ -79,7 +133,21 @@ def as_igraph(connectivities):
 
 
 def neighbor_graph(features: np.ndarray, n_neighbors: int = NEIGHBORS, seed: int = 0):
-    """`neighbors`' connectivities of `features` as an igraph.Graph (what Leiden and spectral clustering cut)."""
+    """`neighbors`' connectivities of features as an igraph.Graph: what Leiden and spectral clustering cut.
+
+    Parameters
+    ----------
+    features : numpy.ndarray
+        (n_cells, n_features), in the clustering space.
+    n_neighbors : int
+        Neighbours per cell, the cell itself counted.
+    seed : int
+        The fuzzy simplicial set's random state.
+
+    Returns
+    -------
+    igraph.Graph
+    """
     return as_igraph(neighbors(features, n_neighbors, seed)[1])
 
 
@@ -91,8 +159,8 @@ def _leiden_once(graph, resolution: float, seed: int) -> np.ndarray:
     # igraph draws from Python's random module: a generator of our own makes the partition the seed's alone
     igraph.set_random_number_generator(random.Random(seed))
     try:
-        # two iterations, scanpy.tl.leiden's default with igraph: on 100,000 simulated cells in 16 groups 1.5 s
-        # against 9.6 s for iterating until stable, at the same modularity (0.888) and the same 16 clusters
+        # two iterations, scanpy.tl.leiden's default with igraph: iterating until stable was several times slower on
+        # 100,000 simulated cells, at the same modularity and clusters (docs/benchmarks.md)
         partition = graph.community_leiden(objective_function="modularity", weights="weight", resolution=resolution,
                                            n_iterations=2)
     finally:
@@ -102,12 +170,31 @@ def _leiden_once(graph, resolution: float, seed: int) -> np.ndarray:
 
 def leiden(features: np.ndarray | None, n_clusters: int | None = None, seed: int = 0, resolution: float | None = None,
            graph=None):
-    """Leiden (modularity) on the neighbour graph of `features` (n_cells, n_features), or on `graph` (an igraph.Graph
-    from as_igraph) when given; returns (clusters, resolution).
+    """Leiden (modularity) on the neighbour graph of `features`, or on `graph` when given.
 
-    With `resolution` given, one partition at it. Else with `n_clusters`, the resolution is bisected until Leiden
-    gives that many clusters (the protocol of Chen et al. 2019, Genome Biology's benchmark of scATAC-seq methods,
-    there with Louvain), the closest count found if none is exact; else LEIDEN_RESOLUTION.
+    With `resolution`, one partition at it. Else with `n_clusters`, the resolution is bisected until Leiden gives that
+    many clusters (the protocol of Chen et al. 2019, Genome Biology's benchmark of scATAC-seq methods, there with
+    Louvain), the closest count found if none is exact; else `LEIDEN_RESOLUTION`.
+
+    Parameters
+    ----------
+    features : numpy.ndarray or None
+        (n_cells, n_features) in the clustering space; None when `graph` is given.
+    n_clusters : int or None
+        The number of clusters to bisect the resolution to.
+    seed : int
+        Leiden's random state (and the graph's).
+    resolution : float or None
+        One partition at this resolution.
+    graph : igraph.Graph or None
+        The graph to cut (`as_igraph`), instead of building one.
+
+    Returns
+    -------
+    clusters : numpy.ndarray
+        (n_cells,) int cluster ids.
+    resolution : float
+        The resolution used.
     """
     graph = neighbor_graph(features, seed=seed) if graph is None else graph
     if resolution is not None or n_clusters is None:
@@ -138,17 +225,34 @@ def leiden(features: np.ndarray | None, n_clusters: int | None = None, seed: int
 
 
 def spectral(features: np.ndarray | None, n_clusters: int, seed: int = 0, n_init: int = 10, connectivities=None) -> np.ndarray:
-    """Spectral clustering on the neighbour graph of `features` (n_cells, n_features), or on `connectivities` (CSR,
-    symmetric) when given: K-means on the cells' rows of
-    the normalized graph Laplacian's leading eigenvectors, each row L2-normalized (scikit-learn's
-    SpectralClustering on the precomputed graph). Returns (n_cells,) cluster ids.
+    """Spectral clustering on the neighbour graph of `features`, or on `connectivities` when given.
 
-    The graph is Leiden's (neighbor_graph: 15 neighbours, scanpy's weights), so the clusters follow which cells
-    neighbour which, not the features' global distances; K-means in the features themselves weighs every direction
-    of them as much as the others, which splits a large type that has sub-groups before it isolates a small one
-    (README, "Why cerebellum801 broke the methods"). The eigenvectors come from LOBPCG, a block solver: a graph in
-    pieces has its top eigenvalue several times over, which single-vector Lanczos resolves badly (it cut a long
-    type and merged two apart ones), and scikit-learn's default shift-invert Lanczos took minutes at 4,000 cells.
+    K-means on the cells' rows of the normalized graph Laplacian's leading eigenvectors, each row L2-normalized
+    (scikit-learn's SpectralClustering on the precomputed graph). The graph is Leiden's (`neighbor_graph`: 15
+    neighbours, scanpy's weights), so the clusters follow which cells neighbour which, not the features' global
+    distances; K-means in the features themselves weighs every direction of them as much as the others, which splits a
+    large type that has sub-groups before it isolates a small one (measured on the documentation's benchmarks page,
+    where K-means broke on the cerebellum set). The eigenvectors come from LOBPCG, a block solver: a graph in pieces has
+    its top eigenvalue several times over, which single-vector Lanczos resolves badly (it cut a long type and merged two
+    apart ones), and scikit-learn's default shift-invert Lanczos was far slower at a few thousand cells.
+
+    Parameters
+    ----------
+    features : numpy.ndarray or None
+        (n_cells, n_features) in the clustering space; None when `connectivities` is given.
+    n_clusters : int
+        K.
+    seed : int
+        The random state.
+    n_init : int
+        K-means restarts on the eigenvectors.
+    connectivities : scipy.sparse.csr_matrix or None
+        (n_cells, n_cells) symmetric graph to cut instead of building one.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_cells,) int cluster ids.
     """
     import scipy.sparse as sp
     from sklearn.cluster import SpectralClustering
@@ -166,9 +270,24 @@ def spectral(features: np.ndarray | None, n_clusters: int, seed: int = 0, n_init
 
 
 def knn_purity(features: np.ndarray, labels: np.ndarray, n_neighbors: int = NEIGHBORS) -> float:
-    """The mean fraction of each cell's nearest neighbours (n_neighbors - 1 of them, the cell itself not counted)
-    that share its label, in `features` (the clustering space): how well the features keep the types apart
-    locally, whichever clustering is run on them. Chance is the sum of the squared type fractions."""
+    """The mean share of each cell's nearest neighbours that have its label, whichever clustering is run.
+
+    How well the features keep the types apart locally.
+
+    Parameters
+    ----------
+    features : numpy.ndarray
+        (n_cells, n_features), in the clustering space.
+    labels : numpy.ndarray
+        (n_cells,) the cells' labels.
+    n_neighbors : int
+        Neighbours per cell, the cell itself counted and then left out (n_neighbors - 1 are compared).
+
+    Returns
+    -------
+    float
+        In [0, 1]; chance is the sum of the squared type fractions. NaN with fewer than two cells.
+    """
     from sklearn.neighbors import NearestNeighbors
 
     n_neighbors = int(min(n_neighbors, features.shape[0]))
@@ -186,9 +305,21 @@ def knn_purity(features: np.ndarray, labels: np.ndarray, n_neighbors: int = NEIG
 
 
 def matched_confusion(labels: np.ndarray, clusters: np.ndarray):
-    """Confusion matrix labels x clusters, with clusters re-ordered by the optimal one-to-one matching.
+    """The labels x clusters table, clusters in the order of the optimal one-to-one matching to labels.
 
-    Returns (table as DataFrame, mapping cluster -> label or None).
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (n_cells,) labels.
+    clusters : numpy.ndarray
+        (n_cells,) int cluster ids.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        Counts, labels x clusters, the matched clusters first.
+    mapping : dict
+        {cluster: label} of the matching (unmatched clusters are left out).
     """
     import pandas as pd
     from scipy.optimize import linear_sum_assignment
@@ -204,10 +335,28 @@ def matched_confusion(labels: np.ndarray, clusters: np.ndarray):
 
 
 def score_clusters(features: np.ndarray, clusters: np.ndarray, labels: np.ndarray | None, seed: int = 0) -> dict:
-    """ARI, NMI, macro F1 and accuracy after optimal matching (with labels); silhouette always.
+    """The scores of a clustering: ARI, NMI, F1 and accuracy against the labels, and the silhouette.
 
-    Silhouette is of the clusters in the clustering space, on a fixed random sample
-    of at most SILHOUETTE_SAMPLE cells (it is quadratic in cells).
+    F1 (macro) and accuracy are taken after the optimal one-to-one matching of clusters to labels.
+
+    The silhouette is of the clusters in the clustering space, on a fixed random sample of at most `SILHOUETTE_SAMPLE`
+    cells (it is quadratic in cells).
+
+    Parameters
+    ----------
+    features : numpy.ndarray
+        (n_cells, n_features), in the clustering space.
+    clusters : numpy.ndarray
+        (n_cells,) int cluster ids.
+    labels : numpy.ndarray or None
+        (n_cells,) labels.
+    seed : int
+        The silhouette's sample.
+
+    Returns
+    -------
+    dict
+        ARI, NMI, F1, accuracy (with labels) and silhouette (NaN with one cluster or one cell per cluster).
     """
     from sklearn import metrics
 
@@ -235,14 +384,38 @@ def default_n_clusters(labels) -> int:
 
 def evaluate(latent: np.ndarray, labels, n_clusters: int | None, seed: int, n_init: int = 10, method: str = "kmeans",
              resolution: float | None = None, connectivities=None):
-    """Clusters on the clustering space of `latent`, scored; returns (clusters, scores, confusion table or None).
+    """Cluster the clustering space of `latent` and score it: what every method of a run goes through.
 
-    method "kmeans": K-means with k = n_clusters (None: the number of label types, else 8). "leiden": Leiden on the
-    neighbour graph at `resolution`, or bisected to n_clusters (None: the number of label types; without labels
-    LEIDEN_RESOLUTION); scores then hold the resolution used. "spectral": spectral clustering on the same graph with
-    k as K-means'. With labels, scores also hold knn_purity (see there), which no clustering changes.
-    connectivities: the neighbour graph of these features (CSR, from `neighbors`) for Leiden and spectral
-    clustering to cut instead of building their own.
+    Parameters
+    ----------
+    latent : numpy.ndarray
+        (n_cells, n_features) features.
+    labels : numpy.ndarray or None
+        (n_cells,) labels.
+    n_clusters : int or None
+        K of K-means and spectral clustering (None: the number of label types, else 8), or the count Leiden's
+        resolution is bisected to (None: the number of label types; without labels `LEIDEN_RESOLUTION`).
+    seed : int
+        The clustering's random state.
+    n_init : int
+        K-means restarts.
+    method : {'kmeans', 'leiden', 'spectral'}
+        The clustering.
+    resolution : float or None
+        Leiden's resolution, instead of bisecting it.
+    connectivities : scipy.sparse.csr_matrix or None
+        The neighbour graph of these features (`neighbors`) for Leiden and spectral clustering to cut instead of
+        building their own.
+
+    Returns
+    -------
+    clusters : numpy.ndarray
+        (n_cells,) int cluster ids.
+    scores : dict
+        `score_clusters`' scores, n_clusters, n_cells, Leiden's resolution, and with labels knn_purity (which no
+        clustering changes).
+    confusion : pandas.DataFrame or None
+        `matched_confusion`'s table, with labels.
     """
     features = cluster_space(latent)
     if method == "leiden":
@@ -280,14 +453,17 @@ def umap_coordinates(latent: np.ndarray, seed: int) -> np.ndarray:
 
     Parameters
     ----------
-    latent : (n_cells, n_features) features.
-    seed : UMAP's random_state, and the sample's when there are more than UMAP_FIT_CELLS cells: UMAP is then fitted
-        on UMAP_FIT_CELLS cells drawn by default_rng(seed) and places the others with its `transform`, in chunks of
-        UMAP_TRANSFORM_CHUNK (one line on stderr says so).
+    latent : numpy.ndarray
+        (n_cells, n_features) features.
+    seed : int
+        UMAP's random_state, and the sample's when there are more than `UMAP_FIT_CELLS` cells: UMAP is then fitted on
+        `UMAP_FIT_CELLS` cells drawn by default_rng(seed) and places the others with its `transform`, in chunks of
+        `UMAP_TRANSFORM_CHUNK` (one line on stderr says so).
 
     Returns
     -------
-    (n_cells, 2) float32 coordinates, in the cells' order.
+    numpy.ndarray
+        (n_cells, 2) float32 coordinates, in the cells' order.
     """
     if latent.shape[0] > UMAP_FIT_CELLS:
         return _sampled_umap_coordinates(latent, seed)
@@ -341,3 +517,7 @@ def _sampled_umap_coordinates(latent: np.ndarray, seed: int) -> np.ndarray:
             chunk = rest[start:start + UMAP_TRANSFORM_CHUNK]
             coordinates[chunk] = reducer.transform(features[chunk])
     return coordinates
+
+
+__all__ = ["evaluate", "cluster_space", "kmeans", "neighbors", "as_igraph", "neighbor_graph", "leiden", "spectral",
+           "knn_purity", "matched_confusion", "score_clusters", "umap_coordinates"]

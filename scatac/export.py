@@ -38,6 +38,14 @@ _FIT_KEYS = ("method", "params", "loss", "seconds")  # uns[key] entries that are
 
 
 def package_versions() -> dict:
+    """The versions of Python and of the libraries a result depends on, for run.json.
+
+    Returns
+    -------
+    dict
+        {name: version} of python, numpy, scipy, scikit-learn, torch, umap-learn, anndata, nimfa and pandas (those
+        installed).
+    """
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
@@ -64,7 +72,21 @@ def _h5_safe(value):
 
 
 def save_model(path, model, settings: dict):
-    """A state dict plus the keyword arguments that rebuild the model class (its `config`), and the run's settings."""
+    """Write model.pt: a state dict and the keyword arguments that rebuild the model class, with the run's settings.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file (written atomically).
+    model : torch.nn.Module
+        A model of `scatac.models`, with its `config`.
+    settings : dict
+        The run's settings, stored as `config["settings"]`.
+
+    Returns
+    -------
+    None
+    """
     import torch
 
     with atomic_path(path) as tmp:
@@ -76,13 +98,41 @@ def save_model(path, model, settings: dict):
 
 
 def write_loadings(path, loadings: np.ndarray, peaks, method: str):
-    """loadings.tsv: one row per peak, one column per factor; `loadings` is (n_peaks, rank)."""
+    """Write loadings.tsv: one row per peak, one column per factor.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    loadings : numpy.ndarray
+        (n_peaks, rank) peak loadings (`varm["<method>_loadings"]`).
+    peaks : sequence of str
+        (n_peaks,) the peaks' names.
+    method : str
+        Names the columns (`<method>_1`, ...).
+
+    Returns
+    -------
+    None
+    """
     write_table(path, ["peak", *[f"{method}_{k + 1}" for k in range(loadings.shape[1])]],
                 ([peak, *map(format_float, row)] for peak, row in zip(peaks, np.asarray(loadings))))
 
 
 def write_loss(path, history):
-    """loss.tsv from a fit's loss DataFrame: phase, epoch, then the loss and its terms."""
+    """Write loss.tsv from a fit's loss table: phase, epoch, then the loss and its terms.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    history : pandas.DataFrame
+        `uns[key]["loss"]` of an autoencoder: one row per epoch.
+
+    Returns
+    -------
+    None
+    """
     terms = [c for c in history.columns if c not in ("phase", "epoch")]
     write_table(path, ["phase", "epoch", *terms],
                 ([phase, int(epoch), *["" if np.isnan(v) else format_float(v) for v in values]]
@@ -93,7 +143,18 @@ PEAK_NAME = r"^(?P<chrom>[^:\s]+)[:_-](?P<start>\d+)[-_](?P<end>\d+)$"  # chr1:1
 
 
 def peak_columns(var_names) -> dict:
-    """chrom, start and end parsed from peak names, where every name parses (as Signac and SnapATAC2 keep them in var)."""
+    """chrom, start and end parsed from peak names, where every name parses, as Signac and SnapATAC2 keep them in var.
+
+    Parameters
+    ----------
+    var_names : sequence of str
+        Peak names such as chr1:100-200, chr1-100-200 or chr1_100_200.
+
+    Returns
+    -------
+    dict
+        {"chrom": categorical, "start": int64 array, "end": int64 array}; empty when any name does not parse.
+    """
     import pandas as pd
 
     parts = pd.Series(list(var_names), dtype=str).str.extract(PEAK_NAME)
@@ -113,24 +174,34 @@ def _colors(column) -> list:
 
 
 def write_h5ad(path, adata, key: str, *, cluster_key: str, umap_key: str, labels_key: str | None, uns: dict):
-    """The kept cells with their counts in X, the features in obsm["X_<key>"], readable by scanpy.
+    """Write result.h5ad: the kept cells with their counts in X and the features in obsm, readable by scanpy.
 
-    obs and var keep the input's own columns (an .h5ad's); var gains chrom, start and end where the peak names
-    parse; a factorization's peak loadings go to varm["<key>_loadings"]; label and cluster colours to uns.
-    A backed AnnData (a run from an on-disk store, scatac.io.store) gives a result without X: the counts stay in
-    the store, whose path uns["scatac_suite"]["counts_store"] records (copying an atlas's counts into every result
-    would double the disk it takes and the time to write it); obs["n_open_peaks"] is read off the store's row
-    pointers.
+    obs and var keep the input's own columns (an .h5ad's); var gains chrom, start and end where the peak names parse; a
+    factorization's peak loadings go to varm; the label and cluster colours to uns, so that `sc.pl.umap(result,
+    color="label")` draws the suite's picture. A backed AnnData (a run from an on-disk store) gives a result without X:
+    the counts stay in the store, whose path `uns["scatac_suite"]["counts_store"]` records (copying an atlas's counts
+    into every result would double the disk it takes and the time to write it).
 
     Parameters
     ----------
-    path : the .h5ad to write (atomically).
-    adata : the run's AnnData (counts in X, CSR; or backed by a store).
-    key : the fit's key: its features are obsm["X_<key>"].
-    cluster_key : the obs column of the clusters (written as obs["cluster"]).
-    umap_key : the obsm entry of the UMAP, written as obsm["X_umap"] when present.
-    labels_key : the obs column of the labels (written as obs["label"]), or None.
-    uns : the run's record, written as uns["scatac_suite"] (None as '', lists as arrays, bools as ints).
+    path : str or Path
+        The .h5ad to write (atomically).
+    adata : AnnData
+        The run's AnnData (counts in X, CSR; or backed by a store).
+    key : str
+        The fit's key: its features are `obsm["X_<key>"]`.
+    cluster_key : str
+        The obs column of the clusters (written as obs["cluster"]).
+    umap_key : str
+        The obsm entry of the UMAP, written as obsm["X_umap"] when present.
+    labels_key : str or None
+        The obs column of the labels (written as obs["label"]).
+    uns : dict
+        The run's record, written as `uns["scatac_suite"]` (None as '', lists as arrays, bools as ints).
+
+    Returns
+    -------
+    None
     """
     import anndata
     import pandas as pd
@@ -178,12 +249,39 @@ def _open_peaks_in_store(path) -> np.ndarray:
 def write_results(folder, adata, key: str, *, cluster_key: str = "cluster", umap_key: str = "X_umap",
                   labels_key: str | None = None, model=None, settings: dict | None = None,
                   seconds: dict | None = None) -> dict:
-    """Write the results folder of the fit stored under `key` (see the module's docstring) into `folder`.
+    """Write the results folder of the fit stored under `key`: the files of a method script's output folder.
 
-    The features are obsm["X_<key>"], the fit's record uns[key]; clusters and scores come from
-    tl.cluster's obs[cluster_key] / uns[cluster_key], the UMAP from obsm[umap_key] when present.
-    settings: what run.json and model.pt record as the run's settings (default: the fit's params).
-    Returns `seconds` with the time spent writing result.h5ad added.
+    feature.txt, cluster_assignments.txt, scores.tsv, confusion_matrix.tsv (with labels), umap.txt (when the UMAP was
+    computed), loss.tsv (autoencoders), loadings.tsv (factorizations), model.pt (with `model`), result.h5ad and run.json
+    (the module's docstring says what each holds). Each file is written atomically; the folder as a whole is the
+    caller's to stage (the scripts write into a staging folder and swap it in).
+
+    Parameters
+    ----------
+    folder : str or Path
+        The results folder (it must exist).
+    adata : AnnData
+        The features in `obsm["X_<key>"]` and the fit's record in `uns[key]` (`scatac.tl`); the clusters and scores
+        in `obs[cluster_key]` and `uns[cluster_key]` (`scatac.tl.cluster`).
+    key : str
+        The fit's key.
+    cluster_key : str
+        The clustering's key.
+    umap_key : str
+        The UMAP's obsm entry, written when present.
+    labels_key : str or None
+        The obs column of the labels.
+    model : torch.nn.Module or None
+        The trained model, saved as model.pt.
+    settings : dict or None
+        What run.json and model.pt record as the run's settings (default: the fit's params).
+    seconds : dict or None
+        Seconds per stage, recorded in run.json.
+
+    Returns
+    -------
+    dict
+        `seconds` with the time spent writing result.h5ad added (h5ad_s).
     """
     folder = Path(folder)
     fit = adata.uns[key]
@@ -237,7 +335,27 @@ def _clustering_name(clustering: dict) -> str:
 
 def write_figures(folder, adata, key: str, *, cluster_key: str = "cluster", umap_key: str = "X_umap",
                   labels_key: str | None = None):
-    """umap.png (coloured by label, else by cluster), confusion_matrix.png (with labels), loss.png (autoencoders)."""
+    """Draw a results folder's figures: umap.png, confusion_matrix.png and loss.png.
+
+    Parameters
+    ----------
+    folder : str or Path
+        The results folder (it must exist).
+    adata : AnnData
+        As `write_results` reads it.
+    key : str
+        The fit's key.
+    cluster_key : str
+        The clustering's key.
+    umap_key : str
+        The UMAP's obsm entry; umap.png is drawn when present, coloured by label, else by cluster.
+    labels_key : str or None
+        The obs column of the labels; confusion_matrix.png is drawn with labels.
+
+    Returns
+    -------
+    None
+    """
     folder = Path(folder)
     clustering = adata.uns[cluster_key]
     if umap_key in adata.obsm:
@@ -251,3 +369,7 @@ def write_figures(folder, adata, key: str, *, cluster_key: str = "cluster", umap
                     folder / "confusion_matrix.png")
     if "loss" in adata.uns[key]:
         save_figure(pl.loss(adata, key, title=f"{key} training loss"), folder / "loss.png")
+
+
+__all__ = ["write_results", "write_figures", "write_h5ad", "save_model", "write_loadings", "write_loss", "peak_columns",
+           "package_versions"]

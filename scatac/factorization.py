@@ -27,16 +27,16 @@ from .pp import idf, tfidf, transform
 # nimfa works on a dense float64 copy of V; above this size LSNMF uses the sparse solver below.
 LSNMF_DENSE_LIMIT_BYTES = 1 << 30
 # sklearn's NMF never densifies a sparse X (its memory is X plus the factors), so full batch
-# "fits" wherever X does; on 30k simulated cells it was as good as MiniBatchNMF (ARI 0.997 both)
-# and faster (3.0 s vs 3.9 s). MiniBatchNMF takes over only where one full pass per update gets
-# long; this threshold is a guard, not a measured crossover.
+# "fits" wherever X does; on simulated cells it was as good as MiniBatchNMF and faster (docs/benchmarks.md).
+# MiniBatchNMF takes over only where one full pass per update gets long; this threshold is a guard, not a
+# measured crossover.
 MINIBATCH_NMF_ABOVE = 200000
 
-# The options of each factorization. The defaults were chosen by measurement on ../shared/data:
-# idf input beat tfidf for both methods on all three sets (3 seeds; NMF on hemato4k ARI 0.285 -> 0.445),
-# as tfidf had beaten counts and binary; NMF converges within 60-100 iterations
-# there (tol 1e-4), so 400 only guards larger data; LSNMF's original 12 iterations stop short,
-# 30 gain 0.05-0.06 ARI and 50 leave room (its own stopping rule rarely fires).
+# The options of each factorization. The defaults were chosen by measurement on the labelled sets of the
+# benchmarks page (docs/benchmarks.md, "Input transform" and "Defaults of the methods"): idf input beat tfidf for
+# both methods on every set, as tfidf had beaten counts and binary; NMF converges well within 400 iterations there
+# (tol 1e-4), so 400 only guards larger data; LSNMF's original 12 iterations stop short of convergence, and 50
+# leave room (its own stopping rule rarely fires).
 NMF_OPTIONS = Options(
     FACTORIZATION_TRANSFORM,
     Param("max_iter", int, 400, "most multiplicative-update iterations", low=1),
@@ -67,7 +67,20 @@ def check_rank(rank, n_cells: int, n_peaks: int, source="rank") -> int:
 
 
 def factorization_input(X: sp.csr_matrix, kind: str) -> sp.csr_matrix:
-    """Non-negative input of a factorization: 'counts' (X as it is, float) or one of `transform`'s kinds."""
+    """The non-negative matrix a factorization works on: the counts as they are, or a transform of them.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) counts.
+    kind : str
+        'counts' (X as it is, as floats) or a transform ('binary', 'tfidf', 'idf', 'log', 'maxabs').
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        (n_cells, n_peaks) float, non-negative.
+    """
     kind = FACTORIZATION_TRANSFORM.check(kind)
     if kind == "counts":
         X = sp.csr_matrix(X)
@@ -78,10 +91,15 @@ def factorization_input(X: sp.csr_matrix, kind: str) -> sp.csr_matrix:
 def import_nimfa():
     """Import nimfa 1.4.0 under NumPy 2, the one compatibility step this suite takes.
 
-    nimfa 1.4.0 (its last release) calls `np.mat` in its dense code paths; NumPy 2.0
-    removed that alias of `np.asmatrix` (same function, NumPy 1.x defined `mat = asmatrix`).
-    We restore the alias only if it is missing, and touch nothing else. A NumPy < 2 pin
-    is not an option: this stack (numpy 2.4, scipy 1.17, scikit-learn 1.9, torch) needs NumPy 2.
+    nimfa 1.4.0 (its last release) calls `np.mat` in its dense code paths; NumPy 2.0 removed that alias of
+    `np.asmatrix` (the same function: NumPy 1.x defined `mat = asmatrix`). The alias is restored only if it is missing,
+    and nothing else is touched. Pinning NumPy below 2 is not an option: this stack (numpy 2.4, scipy 1.17,
+    scikit-learn 1.9, torch) needs NumPy 2.
+
+    Returns
+    -------
+    module
+        nimfa.
     """
     if not hasattr(np, "mat"):
         np.mat = np.asmatrix
@@ -105,12 +123,31 @@ def factorization_error(X: sp.csr_matrix, W: np.ndarray, H: np.ndarray) -> float
 
 
 def random_vcol_init(X: sp.csr_matrix, rank: int, seed: int = 0, p_c: int | None = None, p_r: int | None = None):
-    """nimfa's 'random_vcol' seeding, seeded: column k of W is the mean of p_c random columns
-    of X (default ceil(n_peaks / 5)), row k of H the mean of p_r random rows (ceil(n_cells / 5)).
+    """nimfa's 'random_vcol' start, seeded.
 
-    nimfa draws these from an unseeded RandomState, so we draw them here (same order of draws)
-    and hand the factors to either backend. Built with sparse selection matrices: O(nnz * rank).
-    Returns W (n_cells, rank) and H (rank, n_peaks), float64.
+    Column k of W is the mean of `p_c` random columns of X, row k of H the mean of `p_r` random rows. nimfa draws these
+    from an unseeded RandomState, so the suite draws them here (in the same order) and hands the factors to either
+    backend. Built with sparse selection matrices: O(nnz x rank).
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks), the matrix factorized.
+    rank : int
+        The factors.
+    seed : int
+        The draws' seed.
+    p_c : int or None
+        Columns averaged per factor (default ceil(n_peaks / 5)).
+    p_r : int or None
+        Rows averaged per factor (default ceil(n_cells / 5)).
+
+    Returns
+    -------
+    W : numpy.ndarray
+        (n_cells, rank) float64.
+    H : numpy.ndarray
+        (rank, n_peaks) float64.
     """
     pick_cols, pick_rows = _vcol_picks(*X.shape, rank, seed, p_c, p_r)
     Xd = X.astype(np.float64)
@@ -235,16 +272,40 @@ def _lsnmf_solve(x_ht, wt_x, W, H, max_iter, sub_iter, inner_sub_iter, beta, min
 
 def fit_lsnmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, dense_limit_bytes: int = LSNMF_DENSE_LIMIT_BYTES,
               init: tuple | None = None, **options):
-    """LSNMF: alternating non-negative least squares by projected gradient (Lin 2007).
+    """LSNMF: alternating non-negative least squares by projected gradient (Lin 2007), V ~ W H.
 
-    X: CSR (n_cells, n_peaks) counts; options are LSNMF_OPTIONS (checked there; sub_iter,
-    inner_sub_iter and beta are the original notebook's). `transform` (default idf, see
-    factorization_input) makes V, the matrix factorized; 'counts' factorizes X as given.
-    backend: 'nimfa' runs nimfa.Lsnmf on a dense float64 copy of X; 'sparse' runs this
-    module's solver with X sparse and dense factors; 'auto' picks nimfa when the dense copy
-    (n_cells * n_peaks * 8 bytes) is below `dense_limit_bytes` (1 GiB), else 'sparse'.
-    Both start from `random_vcol_init(X, rank, seed)` unless `init=(W0, H0)` is given.
-    Returns (cell_factors (n_cells, rank) float32, loadings (rank, n_peaks) float32, info dict).
+    V is `transform` of X (the IDF-weighted binary matrix by default; 'counts' factorizes X as given). Backend
+    'nimfa' runs nimfa.Lsnmf on a dense float64 copy of V; 'sparse' runs this module's solver with V sparse and dense
+    factors (from the same start it reproduces nimfa's result to rounding); 'auto' takes nimfa while the dense copy
+    (n_cells x n_peaks x 8 bytes) is below `dense_limit_bytes`, else 'sparse'. Both start from
+    `random_vcol_init(V, rank, seed)` unless `init` is given.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) counts.
+    rank : int
+        The factors, the latent dimension.
+    seed : int
+        The random_vcol start's seed.
+    dense_limit_bytes : int
+        'auto' takes nimfa below this size of a dense copy (1 GiB).
+    init : tuple of numpy.ndarray or None
+        (W0, H0), the start, instead of random_vcol.
+    **options
+        `LSNMF_OPTIONS`: transform, max_iter, sub_iter, inner_sub_iter, beta, min_residuals, backend (checked there;
+        sub_iter, inner_sub_iter and beta are the original notebook's).
+
+    Returns
+    -------
+    cell_factors : numpy.ndarray
+        (n_cells, rank) float32, W.
+    loadings : numpy.ndarray
+        (rank, n_peaks) float32, H.
+    info : dict
+        backend, transform, dense_copy_bytes, rank, seed, init, max_iter, sub_iter, inner_sub_iter, beta, fit_s,
+        reconstruction_err (the Frobenius norm of V - W H), n_iter and projected_gradient_norm (the sparse solver adds
+        its history).
     """
     n_cells, n_peaks = X.shape
     rank = check_rank(rank, n_cells, n_peaks)
@@ -294,16 +355,38 @@ def fit_lsnmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, dense_limit_bytes: 
 
 def fit_nmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, batch_size: int = 1024,
             minibatch_above: int = MINIBATCH_NMF_ABOVE, **options):
-    """NMF by scikit-learn on the sparse matrix (Frobenius loss): X ~ W H.
+    """NMF by scikit-learn on the sparse matrix (Frobenius loss), V ~ W H.
 
-    X: CSR (n_cells, n_peaks) counts; options are NMF_OPTIONS (checked there). `transform`
-    (default idf, see factorization_input) makes V, the matrix factorized; 'counts' factorizes
-    X as given. V is never densified (sklearn's NMF and MiniBatchNMF work on sparse input).
-    Defaults (init nndsvda, solver mu; idf input) were chosen by measurement on ../shared/data.
-    backend: 'full' (sklearn.decomposition.NMF with `init` and `solver`), 'minibatch'
-    (MiniBatchNMF, multiplicative updates over `batch_size` cells) or 'auto': minibatch
-    above `minibatch_above` cells.
-    Returns (cell_factors (n_cells, rank) float32, loadings (rank, n_peaks) float32, info dict).
+    V is `transform` of X (the IDF-weighted binary matrix by default; 'counts' factorizes X as given), never densified:
+    scikit-learn's NMF and MiniBatchNMF work on sparse input. The defaults (init nndsvda, solver mu, idf input) were
+    chosen by measurement (the documentation's benchmarks page). Backend 'full' is sklearn.decomposition.NMF with
+    `init` and `solver`; 'minibatch' is MiniBatchNMF, multiplicative updates over `batch_size` cells; 'auto' takes
+    minibatch above `minibatch_above` cells.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) counts.
+    rank : int
+        The factors, the latent dimension.
+    seed : int
+        The start's and scikit-learn's random state.
+    batch_size : int
+        MiniBatchNMF's cells per step.
+    minibatch_above : int
+        'auto' takes MiniBatchNMF above this many cells.
+    **options
+        `NMF_OPTIONS`: transform, max_iter, init, solver, tol, backend (checked there).
+
+    Returns
+    -------
+    cell_factors : numpy.ndarray
+        (n_cells, rank) float32, W.
+    loadings : numpy.ndarray
+        (rank, n_peaks) float32, H.
+    info : dict
+        backend, transform, rank, seed, init, solver, max_iter, tol, n_iter, converged, fit_s, reconstruction_err
+        (the Frobenius norm of V - W H) and, for minibatch, batch_size.
     """
     from sklearn.decomposition import NMF, MiniBatchNMF
     from sklearn.exceptions import ConvergenceWarning
@@ -350,16 +433,33 @@ LSI_TRANSFORMS = ("tfidf", "idf")
 
 def lsi(X: sp.csr_matrix, n_components: int, seed: int = 0, drop_first: bool = True, transform: str = "tfidf",
         unit_variance: bool = True) -> np.ndarray:
-    """Latent semantic indexing: a weighted binary matrix, truncated SVD, the first component dropped (with
-    tfidf it follows depth; with idf's unit rows, the mean profile; dropping it scored higher on both).
+    """Latent semantic indexing: a weighted binary matrix, a truncated SVD, the first component dropped.
 
-    transform "tfidf": Signac's and ArchR's recipe, log1p(TF x IDF x 1e4) without L2 normalization;
-    "idf": the binary matrix weighted by log(n_cells / cells opening the peak), rows L2-normalized
-    (pp.idf, SnapATAC2's weighting), the input the factorizations take by default, so that they
-    meet LSI on the same input.
-    Returns (n_cells, n_components) float32 scores, each component scaled to unit variance as
-    Signac's RunSVD does (unit_variance), or weighted by its singular value (U S, as
-    TruncatedSVD gives them), so that the leading components count for more in distances.
+    With tfidf the first component follows depth; with idf's unit rows, the mean profile; dropping it scored higher on
+    both. transform 'tfidf' is Signac's and ArchR's recipe, log1p(TF x IDF x 1e4) without L2 normalization; 'idf' is the
+    binary matrix weighted by log(n_cells / cells opening the peak), rows L2-normalized (`scatac.pp.idf`, SnapATAC2's
+    weighting), the input the factorizations take by default, so that they meet LSI on the same input.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) counts.
+    n_components : int
+        The components kept.
+    seed : int
+        The randomized SVD's random state.
+    drop_first : bool
+        Drop the first component (computing one more).
+    transform : {'tfidf', 'idf'}
+        The weighting.
+    unit_variance : bool
+        Scale each component to unit variance, as Signac's RunSVD does; False weights each by its singular value
+        (U S, as TruncatedSVD gives them), so that the leading components count for more in distances.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_cells, n_components) float32 scores.
     """
     from sklearn.decomposition import TruncatedSVD
 
@@ -398,23 +498,34 @@ def _open_counts(counts):
 
 
 class StoredInput:
-    """A store's rows as a factorization or LSI reads them: each block read and transformed with per-peak weights
-    fitted on every cell of the store, so that it comes out as the same rows of the whole matrix transformed in memory
-    (`factorization_input`, or `lsi`'s weighting) would, value for value.
+    """A store's rows as a factorization or LSI reads them, each block transformed with weights fitted on all cells.
+
+    Each block comes out as the same rows of the whole matrix transformed in memory (`factorization_input`, or `lsi`'s
+    weighting) would, value for value.
 
     Parameters
     ----------
-    counts : StoredCounts or a store's path.
-    kind : 'counts' (the values as stored, float32) or one of pp.transform's kinds.
-    l2_normalize : tfidf's and idf's rows L2-normalized, as pp.transform gives them; False gives `lsi`'s tfidf
+    counts : scatac.io.store.StoredCounts or str
+        The store, or its path.
+    kind : str
+        'counts' (the values as stored, float32) or one of `scatac.pp.transform`'s kinds.
+    l2_normalize : bool
+        tfidf's and idf's rows L2-normalized, as `scatac.pp.transform` gives them; False gives `lsi`'s tfidf
         (Signac's, `pp.tfidf(X, l2_normalize=False)`).
-    block_cells, progress : the blocks and tqdm bar of the one pass that counts the weights' statistics (tfidf,
-        idf and maxabs only; the other kinds are row-local and need no pass).
+    block_cells : int or None
+        The blocks of the one pass that counts the weights' statistics (tfidf, idf and maxabs only; the other kinds are
+        row-local and need no pass).
+    progress : bool
+        A tqdm bar over that pass.
 
     Attributes
     ----------
-    counts : the StoredCounts read. kind, l2_normalize : as given.
-    weights : (n_peaks,) float64 from pp.peak_weights, or None for the row-local kinds.
+    counts : scatac.io.store.StoredCounts
+        The store read.
+    kind, l2_normalize
+        As given.
+    weights : numpy.ndarray or None
+        (n_peaks,) float64 from `scatac.pp.peak_weights`, or None for the row-local kinds.
     """
 
     def __init__(self, counts, kind: str, *, l2_normalize: bool = True, block_cells: int | None = None,
@@ -526,33 +637,45 @@ def fit_nmf_stored(counts, rank: int, seed: int = 0, *, batch_size: int = 1024, 
                    init_cells: int | None = None, progress: bool = False, **options):
     """NMF (Frobenius loss) of a store's transformed counts by scikit-learn's MiniBatchNMF, one block of rows at a time.
 
-    The counts are never held whole: each pass reads the store's blocks of `block_cells` consecutive cells in a
-    random order (default_rng([seed, pass])), transforms each with the store-wide weights (StoredInput), shuffles its
-    cells and hands them to `partial_fit` in mini-batches of about `batch_size`. The first step is a random sample of
+    The counts are never held whole: each pass reads the store's blocks of `block_cells` consecutive cells in a random
+    order (default_rng([seed, pass])), transforms each with the store-wide weights (`StoredInput`), shuffles its cells
+    and hands them to `partial_fit` in mini-batches of about `batch_size`. The first step is a random sample of
     `init_cells` cells (default_rng(seed)), on which `init` starts H. Then `transform` solves each block's cell factors
     with H fixed, in store order. The forgetting factor is set so that each step weighs the past as MiniBatchNMF's
     `fit` weighs it on all cells (`partial_fit` would take its first call's rows for all of them), and the passes stop
-    by `fit`'s rule (_MiniBatchConvergence) or after `max_iter` passes.
+    by `fit`'s rule or after `max_iter` passes.
 
     Parameters
     ----------
-    counts : StoredCounts or a store's path (scatac.io.store), cells x peaks.
-    rank : the factors, the latent dimension (check_rank's rules).
-    seed : the init sample, the block and cell orders and MiniBatchNMF's random_state.
-    batch_size : cells per `partial_fit` step (the in-memory minibatch backend's batch_size); at most block_cells,
-        since a step takes its cells from one block.
-    block_cells : cells read at a time (None: the store's DEFAULT_BLOCK_CELLS); memory grows with it.
-    init_cells : cells of the first step's random sample (None: STORE_NMF_INIT_CELLS).
-    progress : a tqdm bar over each pass's blocks, then the transform's.
-    options : NMF_OPTIONS. `max_iter` counts passes over the store; `transform` makes V (default idf); `init` and
-        `tol` as MiniBatchNMF takes them. backend must be 'auto' or 'minibatch' and solver 'mu' (MiniBatchNMF has
+    counts : scatac.io.store.StoredCounts or str
+        The store (cells x peaks), or its path.
+    rank : int
+        The factors, the latent dimension (`check_rank`'s rules).
+    seed : int
+        The init sample, the block and cell orders and MiniBatchNMF's random_state.
+    batch_size : int
+        Cells per `partial_fit` step (the in-memory minibatch backend's batch_size); at most `block_cells`, since a
+        step takes its cells from one block.
+    block_cells : int or None
+        Cells read at a time (None: the store's DEFAULT_BLOCK_CELLS); memory grows with it.
+    init_cells : int or None
+        Cells of the first step's random sample (None: STORE_NMF_INIT_CELLS).
+    progress : bool
+        A tqdm bar over each pass's blocks, then the transform's.
+    **options
+        `NMF_OPTIONS`. max_iter counts passes over the store; transform makes V (default idf); init and tol as
+        MiniBatchNMF takes them. backend must be 'auto' or 'minibatch' and solver 'mu' (MiniBatchNMF has
         multiplicative updates only): anything else is an InputError.
 
     Returns
     -------
-    cell_factors : (n_cells, rank) float32, W. loadings : (rank, n_peaks) float32, H.
-    info : dict, fit_nmf's keys (backend 'minibatch', solver 'mu', n_iter: the passes started, converged: stopped by
-        the rule before max_iter, reconstruction_err: ||V - W H|| over all cells) and streamed (True), n_steps,
+    cell_factors : numpy.ndarray
+        (n_cells, rank) float32, W.
+    loadings : numpy.ndarray
+        (rank, n_peaks) float32, H.
+    info : dict
+        `fit_nmf`'s keys (backend 'minibatch', solver 'mu', n_iter: the passes started, converged: stopped by the rule
+        before max_iter, reconstruction_err: the Frobenius norm of V - W H over all cells) and streamed (True), n_steps,
         block_cells, init_cells, forget_factor.
     """
     from .io.store import DEFAULT_BLOCK_CELLS
@@ -650,28 +773,37 @@ def fit_nmf_stored(counts, rank: int, seed: int = 0, *, batch_size: int = 1024, 
 
 def fit_lsnmf_stored(counts, rank: int, seed: int = 0, *, block_cells: int | None = None, progress: bool = False,
                      **options):
-    """LSNMF (Lin 2007) of a store's transformed counts, read a block of rows at a time: fit_lsnmf's sparse solver.
+    """LSNMF (Lin 2007) of a store's transformed counts, read a block of rows at a time: `fit_lsnmf`'s sparse solver.
 
-    The solver touches V only through V H^T (n_cells x rank) and W^T V (rank x n_peaks) (_lsnmf_solve), and each is one
-    pass over the store's blocks: the first row-local, the second summed over the blocks. So the iterations are the
-    in-memory sparse backend's, from the same random_vcol start (one pass), with the factors in memory
-    (O((n_cells + n_peaks) * rank)); only the order of the sums over cells differs, which moves the factors by
-    rounding. Each iteration is two passes: max_iter (50 by default) iterations read the store about 2 * max_iter + 4
-    times (the weights, the start, the first gradients, the error).
+    The solver touches V only through V H^T (n_cells x rank) and W^T V (rank x n_peaks), and each is one pass over the
+    store's blocks: the first row-local, the second summed over the blocks. So the iterations are the in-memory sparse
+    backend's, from the same random_vcol start (one pass), with the factors in memory (O((n_cells + n_peaks) x rank));
+    only the order of the sums over cells differs, which moves the factors by rounding. Each iteration is two passes:
+    max_iter iterations read the store about 2 x max_iter + 4 times (the weights, the start, the first gradients, the
+    error).
 
     Parameters
     ----------
-    counts : StoredCounts or a store's path, cells x peaks.
-    rank, seed : as fit_lsnmf takes them.
-    block_cells : cells read at a time (None: the store's DEFAULT_BLOCK_CELLS).
-    progress : a tqdm bar over each pass's blocks.
-    options : LSNMF_OPTIONS. backend must be 'auto' or 'sparse': nimfa works on a dense copy in memory.
+    counts : scatac.io.store.StoredCounts or str
+        The store (cells x peaks), or its path.
+    rank, seed
+        As `fit_lsnmf` takes them.
+    block_cells : int or None
+        Cells read at a time (None: the store's DEFAULT_BLOCK_CELLS).
+    progress : bool
+        A tqdm bar over each pass's blocks.
+    **options
+        `LSNMF_OPTIONS`; backend must be 'auto' or 'sparse': nimfa works on a dense copy in memory.
 
     Returns
     -------
-    cell_factors : (n_cells, rank) float32, W. loadings : (rank, n_peaks) float32, H.
-    info : dict, fit_lsnmf's keys (backend 'sparse', n_iter, projected_gradient_norm, reconstruction_err over all
-        cells) and streamed (True), passes (the reads of the whole store), block_cells.
+    cell_factors : numpy.ndarray
+        (n_cells, rank) float32, W.
+    loadings : numpy.ndarray
+        (rank, n_peaks) float32, H.
+    info : dict
+        `fit_lsnmf`'s keys (backend 'sparse', n_iter, projected_gradient_norm, reconstruction_err over all cells) and
+        streamed (True), passes (the reads of the whole store), block_cells.
     """
     from .io.store import DEFAULT_BLOCK_CELLS
 
@@ -752,30 +884,35 @@ def fit_lsnmf_stored(counts, rank: int, seed: int = 0, *, block_cells: int | Non
 def lsi_stored(counts, n_components: int, seed: int = 0, drop_first: bool = True, transform: str = "tfidf",
                unit_variance: bool = True, *, n_iter: int = LSI_POWER_ITERATIONS, n_oversamples: int = LSI_OVERSAMPLES,
                block_cells: int | None = None, progress: bool = False) -> np.ndarray:
-    """`lsi` of a store's counts, read a block of rows at a time: a randomized SVD (Halko, Martinsson and Tropp 2011)
-    whose every product with the weighted matrix A (n_cells x n_peaks) is a pass over the store's blocks.
+    """`lsi` of a store's counts, read a block of rows at a time: a randomized SVD whose every product is a pass.
 
-    A random Gaussian Z (n_peaks x l, l = the components + `n_oversamples`, default_rng(seed)) is orthonormalized;
-    each of `n_iter` power iterations is one pass, Z <- QR(A^T (A Z)) with each block's rows A_b contributing
-    A_b^T (A_b Z), so that Z converges to A's leading right singular vectors; a last pass gives Y = A Z
-    (n_cells x l) and the small SVD Y = U S V^T gives the scores U S, which are A's projection on the right singular
-    vectors Z V (what TruncatedSVD's fit_transform returns). Signs follow TruncatedSVD's rule (svd_flip,
-    u_based_decision=False), so that both give the same sign where they find the same component. Power iterations
-    and oversampling default to those of `lsi`'s TruncatedSVD.
+    Halko, Martinsson and Tropp (2011): a random Gaussian Z (n_peaks x l, l = the components + `n_oversamples`,
+    default_rng(seed)) is orthonormalized; each of `n_iter` power iterations is one pass, Z <- QR(A^T (A Z)) with each
+    block's rows A_b contributing A_b^T (A_b Z), so that Z converges to A's leading right singular vectors; a last pass
+    gives Y = A Z (n_cells x l) and the small SVD Y = U S V^T gives the scores U S, A's projection on the right
+    singular vectors Z V (what TruncatedSVD's fit_transform returns). Signs follow TruncatedSVD's rule (svd_flip,
+    u_based_decision=False), so that both give the same sign where they find the same component. Power iterations and
+    oversampling default to those of `lsi`'s TruncatedSVD. Memory: O((n_cells + n_peaks) x l) besides one block.
 
     Parameters
     ----------
-    counts : StoredCounts or a store's path, cells x peaks.
-    n_components, seed, drop_first, transform, unit_variance : as `lsi` takes them.
-    n_iter : power iterations, one pass each. n_oversamples : extra random directions.
-    block_cells : cells read at a time (None: the store's DEFAULT_BLOCK_CELLS).
-    progress : a tqdm bar over the passes' blocks.
+    counts : scatac.io.store.StoredCounts or str
+        The store (cells x peaks), or its path.
+    n_components, seed, drop_first, transform, unit_variance
+        As `lsi` takes them.
+    n_iter : int
+        Power iterations, one pass each.
+    n_oversamples : int
+        Extra random directions.
+    block_cells : int or None
+        Cells read at a time (None: the store's DEFAULT_BLOCK_CELLS).
+    progress : bool
+        A tqdm bar over the passes' blocks.
 
     Returns
     -------
-    (n_cells, n_components) float32 scores, as `lsi` returns them: the first component dropped (drop_first), each
-    scaled to unit variance (unit_variance) or weighted by its singular value. Memory: O((n_cells + n_peaks) * l)
-    besides one block.
+    numpy.ndarray
+        (n_cells, n_components) float32 scores, as `lsi` returns them.
     """
     from sklearn.utils.extmath import svd_flip
 
@@ -817,3 +954,7 @@ def lsi_stored(counts, n_components: int, seed: int = 0, drop_first: bool = True
     if unit_variance:
         scores = scores / np.maximum(scores.std(axis=0, keepdims=True), 1e-12)
     return scores.astype(np.float32)
+
+
+__all__ = ["fit_nmf", "fit_lsnmf", "lsi", "fit_nmf_stored", "fit_lsnmf_stored", "lsi_stored", "StoredInput",
+           "factorization_input", "random_vcol_init", "import_nimfa"]

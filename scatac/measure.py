@@ -3,9 +3,22 @@ from __future__ import annotations
 
 
 class PeakMemory:
-    """Peak resident memory of this whole process while the block runs, sampled every `interval` s.
+    """The peak resident memory of this whole process while a block runs, sampled in a background thread.
 
-    `peak_mb` is the highest RSS seen (MiB); on CUDA `gpu_peak_mb` is torch's peak allocation.
+    Used as a context manager: `with PeakMemory() as memory: ...`, then `memory.peak_mb`. For compare.py's table and
+    the benchmarks.
+
+    Parameters
+    ----------
+    interval : float
+        Seconds between samples.
+
+    Attributes
+    ----------
+    peak_mb : float
+        The highest RSS seen, in MiB (NaN until the block ends).
+    gpu_peak_mb : float or None
+        On CUDA, torch's peak allocation in MiB.
     """
 
     def __init__(self, interval: float = 0.05):
@@ -50,3 +63,6 @@ class PeakMemory:
         except ImportError:
             pass
         return False
+
+
+__all__ = ["PeakMemory"]

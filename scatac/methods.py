@@ -1,12 +1,12 @@
 """The suite's methods, one card each: name, summary, and the options it takes with its defaults.
 
-A card imports nothing heavy, so a script's --help and its option errors answer at once; the
-model code (torch) is imported only when scatac.tl fits the method. The epochs defaults are the
-recommended ones, chosen by measurement on ../shared/data (README, "Measured quality").
+A card imports nothing heavy, so a script's --help and its option errors answer at once; the model code (torch) is
+imported only when scatac.tl fits the method. The epochs defaults are the recommended ones, chosen by measurement on
+the labelled data sets of the documentation's benchmarks page.
 
 Each option has one default, the card's: an autoencoder's card resolves a run's options (Method.resolve) into
-frozen RunOptions, the keyword arguments of its model class (which keeps no defaults of its own), the
-training loop's TrainConfig and its fit's own schedule, and nothing below the card defaults them again.
+frozen RunOptions, the keyword arguments of its model class (which keeps no defaults of its own), the training
+loop's TrainConfig and its fit's own schedule, and nothing below the card defaults them again.
 """
 from __future__ import annotations
 
@@ -23,14 +23,21 @@ from .train import TrainConfig
 
 @dataclass(frozen=True)
 class RunOptions:
-    """One run of an autoencoder's options, checked, each defaulted by its card, and split by who takes them
-    (all read-only):
+    """One run of an autoencoder's options: checked, each defaulted by its card, split by who takes them.
 
-    options: every option by name (what the run records as its params);
-    network: the keyword arguments of the method's model class (Method.network);
-    training: the training loop's TrainConfig;
-    schedule: the keyword arguments of the method's fit beyond those (Method.schedule: StackedAE's
-        pretrain_epochs, the VAE's kl_warmup).
+    All read-only.
+
+    Attributes
+    ----------
+    options : mapping
+        Every option by name (what the run records as its params).
+    network : mapping
+        The keyword arguments of the method's model class (`Method.network`).
+    training : scatac.train.TrainConfig
+        The training loop's config.
+    schedule : mapping
+        The keyword arguments of the method's fit beyond those (`Method.schedule`: StackedAE's pretrain_epochs, the
+        VAE's kl_warmup).
     """
 
     options: Mapping
@@ -41,16 +48,33 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class Method:
-    """name: the script's name, the features' column prefix and the key of its results (obsm["X_<name>"]).
-    epoch_options: the names of the options the command line takes as leading positional arguments, in order
-    (the passes over the data: one, or StackedAE's pretraining and fine-tuning).
-    sized_by_clusters: options whose None means "as many as the clusters of the run" (the VAE's
-    mixture), which a script fills in from --n-clusters or the labels.
-    kind: "neural" (trained by scatac.train) or "factorization".
-    An autoencoder's card also says who takes its options (Method.resolve): network, the options that are its
-    model class's keyword arguments; schedule, those its fit takes by keyword besides the TrainConfig;
-    training_epochs, the option that is the TrainConfig's epochs. The rest are TrainConfig's fields, and the
-    input transform (scatac.tl reads it).
+    """One method's card: its name, summary, and the options it takes with their one default each.
+
+    `scatac.methods.AE`, `SPARSE_AE`, `STACKED_AE`, `VAE`, `NMF` and `LSNMF` are the cards (`ALL` by name). A card
+    imports nothing heavy, so that a script's --help and its option errors answer at once.
+
+    Attributes
+    ----------
+    name : str
+        The script's name, the features' column prefix and the key of its results (`obsm["X_<name>"]`).
+    summary : str
+        The script's description.
+    options : scatac.params.Options
+        Every option the method takes.
+    epoch_options : tuple of str
+        The options the command line takes as leading positional arguments, in order (the passes over the data: one,
+        or StackedAE's pretraining and fine-tuning).
+    sized_by_clusters : tuple of str
+        Options whose None means "as many as the clusters of the run" (the VAE's mixture), which a script fills in
+        from --n-clusters or the labels.
+    kind : {'neural', 'factorization'}
+        Trained by `scatac.train`, or a factorization.
+    network : tuple of str
+        The options that are the model class's keyword arguments.
+    schedule : tuple of str
+        The options its fit takes by keyword besides the TrainConfig.
+    training_epochs : str
+        The option that is the TrainConfig's epochs. The rest are TrainConfig's fields, and the input transform.
     """
 
     name: str
@@ -68,12 +92,22 @@ class Method:
 
         Parameters
         ----------
-        given : option name -> value, each checked by its Param; the others take the card's defaults.
-        where : what an unknown option's InputError names (default: the method's name).
+        given : mapping
+            Option name -> value, each checked by its Param; the others take the card's defaults.
+        where : str or None
+            What an unknown option's InputError names (default: the method's name).
 
         Returns
         -------
-        RunOptions (frozen): every option, the network's arguments, the TrainConfig and the fit's schedule.
+        RunOptions
+            Frozen: every option, the network's arguments, the TrainConfig and the fit's schedule.
+
+        Raises
+        ------
+        scatac.InputError
+            An unknown option, or a value that breaks its rule.
+        TypeError
+            The method is a factorization (its options are `options.resolve`'s).
         """
         if self.kind != "neural":
             raise TypeError(f"{self.name} is not trained by scatac.train: its options are {self.name}.options.resolve's")
@@ -99,8 +133,8 @@ def _network(hidden_dims, input_dropout, input_dropout_help=None, hidden_help=No
 
 
 def _training(neighbor_weight: float = NEIGHBOR_WEIGHT.default) -> Options:
-    """The training options every autoencoder has; the neighbour term's default is the card's own (README,
-    "Why cerebellum801 broke the methods": it is off where it cost a set more than one sd)."""
+    """The training options every autoencoder has; the neighbour term's default is the card's own (off where it
+    cost a data set more than one sd: docs/benchmarks.md, "The neighbour term")."""
     return Options(BATCH_SIZE, LR, DECODER, NEGATIVES,
                    NEIGHBOR_WEIGHT.but(default=neighbor_weight, help=NEIGHBOR_WEIGHT.help.replace(
                        "(default 0.1)", f"(default {neighbor_weight:g})")),
@@ -112,14 +146,16 @@ TRAINING = _training()
 AE = Method(
     "AE", "Plain autoencoder: features of scATAC-seq cells, UMAP, K-means clusters and scores.",
     Options(EPOCHS.but(help="passes over the data (the original suite counted mini-batches under this name)"))
-    + _network((512, 128), 0.8, "dropout on the input peaks, a denoising autoencoder (default 0.8: measured best, see README)")
+    + _network((512, 128), 0.8,
+               "dropout on the input peaks, a denoising autoencoder (default 0.8, chosen by measurement: see the "
+               "benchmarks page)")
     + TRAINING,
     epoch_options=("epochs",),
     network=NETWORK,
 )
 
-# rho 0.05 (near the original's 0.03) left ~0.5 of latent_dim=10 units on per cell: near one-hot codes that
-# merged similar types (schep600 ARI 0.21-0.44 over 3 seeds); rho 0.2 gave 0.54-0.61 with the penalty still active.
+# rho near the original's 0.03 left about half a unit of latent_dim=10 on per cell: near one-hot codes that merged
+# similar types; rho 0.2 scored higher with the penalty still active (docs/benchmarks.md, "Defaults of the methods").
 SPARSE_AE = Method(
     "SparseAE", "Sparse autoencoder (KL sparsity penalty on a sigmoid code): features of scATAC-seq cells, UMAP, "
                 "K-means clusters and scores.",
@@ -140,7 +176,9 @@ STACKED_AE = Method(
                  "features of scATAC-seq cells, UMAP, K-means clusters and scores.",
     Options(EPOCHS.but(name="pretrain_epochs", default=5, help="passes over the data for each layer's pretraining"),
             EPOCHS.but(name="finetune_epochs", default=20, help="passes over the data for fine-tuning the whole stack"))
-    + _network((512, 128), 0.8, "dropout on the input peaks, denoising as AE (default 0.8: ARI 0.60 vs 0.54 on hemato600)",
+    + _network((512, 128), 0.8,
+               "dropout on the input peaks, denoising as AE (default 0.8, chosen by measurement: see the benchmarks "
+               "page)",
                "hidden layer sizes of the stack, input side first; the last layer is latent_dim (default 512 128)")
     + _training(neighbor_weight=0.0),
     epoch_options=("pretrain_epochs", "finetune_epochs"),
@@ -161,7 +199,8 @@ VAE = Method(
         Param("kl_warmup", int, 10, "epochs over which the KL weight rises from 0 to 1; the gmm prior is fit to the codes "
                                     "when it ends (default 10)", low=0),
     )
-    # One hidden layer and moderate input dropout: with 512 128 the posterior collapsed on some seeds (schep600 ARI 0.16)
+    # One hidden layer and moderate input dropout: with 512 128 the posterior collapsed on some seeds
+    # (docs/benchmarks.md, "Defaults of the methods")
     + _network((256,), 0.5)
     + TRAINING,
     epoch_options=("epochs",),
@@ -181,7 +220,27 @@ ALL = {m.name: m for m in NEURAL + FACTORIZATIONS}
 
 
 def parse_names(methods, allowed, where: str = "methods") -> list:
-    """'NMF,LSNMF', 'nmf lsnmf' or a list -> ['NMF', 'LSNMF']: matched without case, order kept, duplicates dropped."""
+    """Method names as given ('NMF,LSNMF', 'nmf lsnmf' or a list), matched without case, order kept, duplicates dropped.
+
+    Parameters
+    ----------
+    methods : str or sequence of str
+        The names.
+    allowed : sequence of str
+        The names allowed, as they are spelled.
+    where : str
+        What an error names.
+
+    Returns
+    -------
+    list of str
+        The names as `allowed` spells them.
+
+    Raises
+    ------
+    scatac.InputError
+        No name, or an unknown one.
+    """
     items = methods.replace(",", " ").split() if isinstance(methods, str) else list(methods or [])
     by_lower = {name.lower(): name for name in allowed}
     if not items:
@@ -190,3 +249,6 @@ def parse_names(methods, allowed, where: str = "methods") -> list:
     if unknown:
         fail(where, f"unknown method {unknown[0]!r}; allowed: {', '.join(allowed)}")
     return list(dict.fromkeys(by_lower[str(item).strip().lower()] for item in items))
+
+
+__all__ = ["Method", "RunOptions", "parse_names"]

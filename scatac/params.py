@@ -24,13 +24,39 @@ _NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: 
 
 @dataclasses.dataclass(frozen=True)
 class Param:
-    """One option: `check` returns the value as the code uses it, or raises InputError saying what is allowed.
+    """One option's rule, declared once: its type, range or allowed values, default and help.
 
-    low / high bound the value (inclusive unless low_open / high_open); choices lists the allowed
-    strings; none_ok admits None (meaning "work it out", said in the help); many takes a non-empty
-    list; pattern is a regular expression a string must match whole (`pattern_help` says it in words);
-    named lists words allowed besides the numbers (batch_size 'auto').
-    group is the --help section the option appears under.
+    The method scripts' argparse, compare.py, the notebook's parameter check and the Python API all read these
+    declarations, so an option means the same thing, and is refused with the same message, in every door. `check`
+    returns the value as the code uses it, or raises InputError saying what is allowed.
+
+    Parameters
+    ----------
+    name : str
+        The option's name (the flag is `--name` with dashes).
+    kind : type
+        int, float, str or bool.
+    default : object
+        The default (None: "work it out", said in the help).
+    help : str
+        The --help text.
+    low, high : float or None
+        Bounds, inclusive unless `low_open` / `high_open`.
+    low_open, high_open : bool
+        Exclude the bound.
+    choices : tuple of str
+        The allowed strings.
+    none_ok : bool
+        Admit None.
+    many : bool
+        Take a non-empty list.
+    pattern : str or None
+        A regular expression a string must match whole; `pattern_help` says it in words.
+    pattern_help : str
+    named : tuple of str
+        Words allowed besides the numbers (batch_size 'auto').
+    group : str
+        The --help section the option appears under.
     """
 
     name: str
@@ -122,7 +148,16 @@ class Param:
 
 
 class Options:
-    """An ordered set of Params: the options one method (or one step) takes."""
+    """An ordered set of Params: the options one method (or one step) takes.
+
+    `options + other` joins two sets (the left one's Param wins a name both have); `resolve` checks given values and
+    fills in the defaults.
+
+    Parameters
+    ----------
+    *params : Param
+        The options, in --help order.
+    """
 
     def __init__(self, *params: Param):
         self.params = {p.name: p for p in params}
@@ -167,8 +202,26 @@ class Options:
 
 def check_latent_size(latent_dim: int, n_cells: int, n_peaks: int, name: str = "latent_dim", source="data",
                       kept: bool = True):
-    """A latent size must be below the peaks and at most the cells (a rank-k factorization needs both): those kept by
-    the filter, or (kept False) those a file's header announces, before anything is read."""
+    """Refuse a latent size that is not below the peaks and at most the cells (a rank-k factorization needs both).
+
+    Parameters
+    ----------
+    latent_dim : int
+        The latent size (or rank).
+    n_cells, n_peaks : int
+        Those kept by the filter, or (`kept` False) those a file's header announces, before anything is read.
+    name : str
+        What the message calls the size.
+    source : str
+        What the error names.
+    kept : bool
+        Whether the counts are after the filter.
+
+    Raises
+    ------
+    scatac.InputError
+        The size is too large.
+    """
     which = "kept" if kept else "in the file"
     if latent_dim >= n_peaks:
         fail(source, f"{name} {latent_dim} must be smaller than the number of peaks {which} ({n_peaks})")
@@ -281,3 +334,6 @@ STORE = Param("store", str, None, "write the filtered input into an on-disk stor
 FILTER = Options(MIN_CELLS_PER_PEAK, MAX_CELLS_PER_PEAK, MIN_PEAKS_PER_CELL, N_TOP_PEAKS)
 READ = Options(LABEL_KEY, LAYER, MODALITY, USE_SELECTED, PEAKS, TILE_SIZE, BARCODES, MIN_FRAGMENTS, COUNTING)
 RUN = READ + FILTER + Options(STORE, N_CLUSTERS, CLUSTER, RESOLUTION, SEED, DEVICE, NO_UMAP, THREADS)
+
+
+__all__ = ["Param", "Options", "check_latent_size"]

@@ -28,7 +28,18 @@ def _pyplot():
 
 
 def category_colors(names: Sequence[str]) -> dict:
-    """A fixed colour per category name, so the same label has the same colour in every figure."""
+    """A fixed colour per category name, so that the same label has the same colour in every figure.
+
+    Parameters
+    ----------
+    names : sequence of str
+        The categories (repeats allowed).
+
+    Returns
+    -------
+    dict
+        {name: RGBA tuple}, the names sorted, from tab10 (tab20 above 10 categories).
+    """
     plt = _pyplot()
     ordered = sorted(set(names), key=str)
     cmap = plt.get_cmap("tab20" if len(ordered) > 10 else "tab10")
@@ -37,7 +48,29 @@ def category_colors(names: Sequence[str]) -> dict:
 
 def embedding(ax, coords: np.ndarray, groups: Sequence, title: str, colors: dict | None = None, legend=True,
               legend_title: str | None = None):
-    """Scatter `coords` (n_cells, 2) on `ax`, one colour per group, point size by the number of cells."""
+    """Scatter 2-D coordinates on `ax`, one colour per group, the point size by the number of cells.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Where to draw.
+    coords : numpy.ndarray
+        (n_cells, 2) coordinates.
+    groups : sequence
+        (n_cells,) each cell's group (compared as strings).
+    title : str
+        The axes' title.
+    colors : dict or None
+        {group: colour}; None: `category_colors` of the groups.
+    legend : bool
+        Draw a legend (up to `MAX_LEGEND` groups).
+    legend_title : str or None
+        The legend's title.
+
+    Returns
+    -------
+    None
+    """
     groups = np.asarray([str(g) for g in groups], dtype=object)
     colors = colors or category_colors(groups)
     size = max(0.5, min(12.0, 3000.0 / max(len(groups), 1)))
@@ -55,7 +88,24 @@ def embedding(ax, coords: np.ndarray, groups: Sequence, title: str, colors: dict
 
 
 def umap(adata, color: str = "label", basis: str = "X_umap", title: str | None = None):
-    """The cells at obsm[basis], coloured by obs[color]."""
+    """The cells at `obsm[basis]`, coloured by `obs[color]`.
+
+    Parameters
+    ----------
+    adata : AnnData
+        With `obsm[basis]` (n_cells, 2) and `obs[color]`.
+    color : str
+        The obs column to colour by (the labels, a clustering).
+    basis : str
+        The coordinates (`scatac.tl.umap` writes "X_umap", or "X_<key_added>").
+    title : str or None
+        The title; None names the basis and the column.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes, a legend beside it.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 5))
     embedding(ax, np.asarray(adata.obsm[basis]), adata.obs[color].astype(str).to_numpy(),
@@ -64,7 +114,22 @@ def umap(adata, color: str = "label", basis: str = "X_umap", title: str | None =
 
 
 def confusion(adata, key: str = "cluster", title: str | None = None):
-    """The labels x clusters counts behind tl.cluster's scores (uns[key]["confusion"])."""
+    """The labels x clusters counts behind `scatac.tl.cluster`'s scores.
+
+    Parameters
+    ----------
+    adata : AnnData
+        With `uns[key]["confusion"]` and `uns[key]["scores"]` (`scatac.tl.cluster` with labels).
+    key : str
+        The clustering's key.
+    title : str or None
+        The title; None gives the ARI.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        A heat map, clusters in the order of the optimal matching, counts written in (up to `MAX_ANNOTATED` cells).
+    """
     plt = _pyplot()
     table = adata.uns[key]["confusion"]
     values = table.to_numpy()
@@ -87,7 +152,22 @@ def confusion(adata, key: str = "cluster", title: str | None = None):
 
 
 def loss(adata, key: str = "AE", title: str | None = None):
-    """A method's loss per epoch (uns[key]["loss"]), each training phase as its own line, in order."""
+    """A method's loss per epoch, each training phase as its own line, in order.
+
+    Parameters
+    ----------
+    adata : AnnData
+        With `uns[key]["loss"]` (an autoencoder of `scatac.tl`).
+    key : str
+        The method's key.
+    title : str or None
+        The title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Loss against epoch, all phases in order (StackedAE's pretraining, then fine-tuning).
+    """
     plt = _pyplot()
     history = adata.uns[key]["loss"]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -106,7 +186,23 @@ def loss(adata, key: str = "AE", title: str | None = None):
 
 
 def comparison(rows: list, labelled: bool, title: str):
-    """Each method's scores side by side, mean with sd error bars (compare.summarize's rows)."""
+    """Each method's scores side by side, mean with standard-deviation error bars: compare.py's comparison.png.
+
+    Parameters
+    ----------
+    rows : list of dict
+        One per method, as compare.py summarizes them: method, status, n_seeds and "<metric>_mean" / "<metric>_std" of
+        ARI, NMI, F1, silhouette (and ARI_leiden).
+    labelled : bool
+        Whether there were labels (without, the silhouette only).
+    title : str
+        The figure's title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Grouped bars, a failed method marked.
+    """
     plt = _pyplot()
     metrics = ["ARI", "NMI", "F1", "silhouette"] if labelled else ["silhouette"]
     if labelled and any("ARI_leiden_mean" in r for r in rows):
@@ -132,7 +228,20 @@ def comparison(rows: list, labelled: bool, title: str):
 
 
 def umap_grid(panels: list, labels):
-    """One UMAP per (method, coords, groups) panel; with labels, one colour per label in every panel and one legend."""
+    """One UMAP per method: compare.py's umap_grid.png.
+
+    Parameters
+    ----------
+    panels : list of tuple
+        (method, coords (n_cells, 2), groups (n_cells,)) per panel.
+    labels : sequence or None
+        The cells' labels: one colour per label in every panel and one legend; None colours each panel by its groups.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Up to four panels a row.
+    """
     plt = _pyplot()
     n = len(panels)
     ncols = min(4, n)
@@ -150,3 +259,6 @@ def umap_grid(panels: list, labels):
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
+
+
+__all__ = ["umap", "confusion", "loss", "comparison", "umap_grid", "embedding", "category_colors"]

@@ -76,13 +76,43 @@ def filter_decision(shape, cells_per_peak, keep_cells, open_per_cell, min_cells_
 
 def filter_masks(X: sp.csr_matrix, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10,
                  n_top_peaks=None, source="adata"):
-    """Which cells and peaks SCALE's filter keeps: (cell_mask, peak_mask, summary).
+    """Which cells and peaks SCALE's filter keeps, counted on X's structure without a copy of the matrix.
 
-    Peaks are kept when open in at least `min_cells_per_peak` and at most `max_cells_per_peak`
-    cells, then cells with at least `min_peaks_per_cell` open peaks among those; peaks that only
-    the dropped cells opened go too. With `n_top_peaks`, only that many of the kept peaks stay, those
-    open in the most kept cells (ties: the first in the file), and cells left with no open peak go.
-    Counted on X's structure, without a copy of the matrix.
+    Peaks are kept when open in at least `min_cells_per_peak` and at most `max_cells_per_peak` cells, then cells with
+    at least `min_peaks_per_cell` open peaks among those; peaks that only the dropped cells opened go too. With
+    `n_top_peaks`, only that many of the kept peaks stay, those open in the most kept cells (ties: the first in the
+    file), and cells left with no open peak go.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        Counts, (n_cells, n_peaks), canonical (as `scatac.read` gives them).
+    min_cells_per_peak : float
+        Keep peaks open in at least this many cells; below 1, a fraction of the cells.
+    max_cells_per_peak : float
+        Keep peaks open in at most this many cells; at most 1.0, a fraction (1.0 keeps all).
+    min_peaks_per_cell : float
+        Keep cells with at least this many open peaks among the kept peaks; below 1, a fraction of those peaks.
+    n_top_peaks : int or None
+        Keep only this many peaks, those open in the most kept cells; None keeps all.
+    source : str
+        What an error names.
+
+    Returns
+    -------
+    cell_mask : numpy.ndarray
+        (n_cells,) bool, the cells kept.
+    peak_mask : numpy.ndarray
+        (n_peaks,) bool, the peaks kept.
+    summary : dict
+        cells_before, peaks_before, cells_after, peaks_after, and why each went: cells_dropped_few_peaks,
+        peaks_dropped_rare, peaks_dropped_common, peaks_dropped_empty_after_cell_filter, peaks_dropped_not_top,
+        cells_dropped_no_top_peak.
+
+    Raises
+    ------
+    scatac.InputError
+        Nothing (or a single peak) left.
     """
     n_peaks = X.shape[1]
 
@@ -98,11 +128,42 @@ def filter_masks(X: sp.csr_matrix, min_cells_per_peak=3, max_cells_per_peak=1.0,
 
 def filter(adata, min_cells_per_peak=3, max_cells_per_peak=1.0, min_peaks_per_cell=10, n_top_peaks=None,
            verbose: bool = True) -> dict:
-    """Filter `adata` in place (as scanpy's filter_cells / filter_genes): see `filter_masks`.
+    """Filter `adata` in place with SCALE's filter, as scanpy's filter_cells and filter_genes do.
 
-    Thresholds below 1 are fractions (of cells, or of the peaks kept). The summary (cells and peaks
-    before and after, and why each went) goes to `adata.uns["scatac"]["filter"]` and is returned;
-    `verbose` prints it as one line (filter_message) on stderr.
+    Peaks open in too few (or too many) cells go, then cells with too few open peaks among those, then peaks only the
+    dropped cells opened: see `filter_masks`. Thresholds below 1 are fractions (of the cells, or of the peaks kept).
+
+    Parameters
+    ----------
+    adata : AnnData
+        Counts, cells x peaks, in memory (a backed AnnData is refused: filter when writing the store).
+    min_cells_per_peak : float
+        Keep peaks open in at least this many cells (default 3, as SCALE).
+    max_cells_per_peak : float
+        Keep peaks open in at most this many cells (default 1.0: all).
+    min_peaks_per_cell : float
+        Keep cells with at least this many open peaks (default 10).
+    n_top_peaks : int or None
+        After filtering, keep only the N peaks open in the most cells (SCALE's n_feature); None keeps all.
+    verbose : bool
+        Print the summary as one line on stderr.
+
+    Returns
+    -------
+    dict
+        The filter's summary: cells and peaks before and after, and why each went (`filter_masks`).
+
+    Writes
+    ------
+    adata
+        Subset to the kept cells and peaks, in place.
+    uns["scatac"]["filter"]
+        The summary.
+
+    Raises
+    ------
+    scatac.InputError
+        A threshold that breaks its rule, a backed AnnData, or nothing left.
     """
     values = FILTER.resolve(dict(min_cells_per_peak=min_cells_per_peak, max_cells_per_peak=max_cells_per_peak,
                                  min_peaks_per_cell=min_peaks_per_cell, n_top_peaks=n_top_peaks), where="filter")
@@ -139,9 +200,19 @@ TFIDF_BLOCK_NNZ = 1 << 21  # non-zeros per block of tfidf's and idf's temporarie
 
 
 def stored_nonzero(X) -> sp.csr_matrix:
-    """X as canonical CSR whose every stored value is non-zero, so its sparsity pattern is exactly
-    the open peaks. X itself when it already is (what load_matrix gives); a cleaned copy otherwise,
-    never a change to the caller's matrix."""
+    """X as canonical CSR whose every stored value is non-zero, so that its sparsity pattern is exactly the open peaks.
+
+    Parameters
+    ----------
+    X : scipy.sparse matrix or array
+        (n_cells, n_peaks) counts.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        X itself when it already is so (what `scatac.read` gives); a cleaned copy otherwise, never a change to the
+        caller's matrix.
+    """
     if not (sp.issparse(X) and X.format == "csr" and X.has_canonical_format):
         X = sp.csr_matrix(X, copy=True)
         X.sum_duplicates()
@@ -152,8 +223,19 @@ def stored_nonzero(X) -> sp.csr_matrix:
 
 
 def binarize(X: sp.csr_matrix) -> sp.csr_matrix:
-    """1 where X is non-zero. Shares the indices and indptr of a canonical X (what load_matrix
-    gives) instead of copying them, which matters at 100k x 100k (bench/scale.py)."""
+    """1 where X is non-zero.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) counts.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        (n_cells, n_peaks) float32 ones. Shares the indices and indptr of a canonical X instead of copying them, which
+        matters at atlas size.
+    """
     X = stored_nonzero(X)
     return sp.csr_matrix((np.ones(X.nnz, dtype=np.float32), X.indices, X.indptr), shape=X.shape, copy=False)
 
@@ -189,9 +271,22 @@ def _weighted_rows(X: sp.csr_matrix, value, l2_normalize: bool) -> sp.csr_matrix
 
 
 def tfidf(X: sp.csr_matrix, l2_normalize: bool = True) -> sp.csr_matrix:
-    """Signac/ArchR-style TF-IDF on binarized counts: log1p(TF * IDF * 1e4), rows L2-normalized.
+    """Signac's and ArchR's TF-IDF of the binarized counts: log1p(TF x IDF x 1e4), rows L2-normalized.
 
-    TF = open peaks of a cell / its total, IDF = n_cells / cells opening the peak.
+    TF is a cell's share of its open peaks (1 / its open peaks), IDF = n_cells / cells opening the peak. The
+    autoencoders' default input.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) counts.
+    l2_normalize : bool
+        L2-normalize each cell's row (False: Signac's matrix as LSI takes it).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        (n_cells, n_peaks) float32, X's sparsity pattern; computed in row blocks, it adds one float32 per non-zero.
     """
     X = stored_nonzero(X)
     depth = np.diff(X.indptr)  # open peaks per cell: every stored value is non-zero
@@ -200,16 +295,25 @@ def tfidf(X: sp.csr_matrix, l2_normalize: bool = True) -> sp.csr_matrix:
 
 
 def idf(X: sp.csr_matrix, l2_normalize: bool = True) -> sp.csr_matrix:
-    """The binarized counts weighted by each peak's inverse document frequency, log(n_cells / cells opening
-    the peak), rows L2-normalized: SnapATAC2's feature weighting for its spectral embedding.
+    """The binarized counts weighted by each peak's inverse document frequency, rows L2-normalized.
 
-    Unlike `tfidf`, the IDF is not inside a log with the cell's depth, so a peak open in 5% of cells
-    weighs 4.3 times one open in 50%, where tfidf's log1p(1e4 * IDF / depth) weighs it 1.4 times (60
-    open peaks in the cell). A peak open in every cell weighs 0 but stays stored:
-    the pattern, which the autoencoders read their target off, is X's.
-    Measured (README, "Input transform"): it raised the ARI of NMF and LSNMF on all three shared
-    sets (not of the autoencoders); an SVD of it scored as SnapATAC2's spectral embedding on
-    hemato600 (0.700 against 0.702), where one of `tfidf` scored 0.565.
+    The weight is log(n_cells / cells opening the peak): SnapATAC2's feature weighting for its spectral embedding, and
+    the default input of NMF and LSNMF. Unlike `tfidf`, the IDF is not inside a log with the cell's depth, so rare peaks
+    weigh far more. A peak open in every cell weighs 0 but stays stored: the pattern, which the autoencoders read their
+    target off, is X's. Why it is the factorizations' default: the benchmarks page of the documentation
+    ("Input transform").
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) counts.
+    l2_normalize : bool
+        L2-normalize each cell's row.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        (n_cells, n_peaks) float32, X's sparsity pattern.
     """
     X = stored_nonzero(X)
     weight = np.log(X.shape[0] / np.maximum(_peak_frequency(X), 1))
@@ -217,10 +321,25 @@ def idf(X: sp.csr_matrix, l2_normalize: bool = True) -> sp.csr_matrix:
 
 
 def transform(X: sp.csr_matrix, kind: str) -> sp.csr_matrix:
-    """Scale counts for the encoder's input; the result keeps X's sparsity pattern.
+    """Scale counts for a model's input; the result keeps X's sparsity pattern.
 
-    binary: 1 where open; tfidf: see `tfidf`; idf: see `idf`; log: log1p(counts);
-    maxabs: counts scaled per peak by scikit-learn's MaxAbsScaler (the original suite).
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) counts.
+    kind : {'binary', 'tfidf', 'idf', 'log', 'maxabs'}
+        'binary': 1 where open; 'tfidf': see `tfidf`; 'idf': see `idf`; 'log': log1p(counts); 'maxabs': counts scaled
+        per peak by scikit-learn's MaxAbsScaler (the original suite's input).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        (n_cells, n_peaks) float32.
+
+    Raises
+    ------
+    ValueError
+        An unknown kind.
     """
     if kind == "binary":
         return binarize(X)
@@ -240,22 +359,34 @@ def transform(X: sp.csr_matrix, kind: str) -> sp.csr_matrix:
 
 
 def peak_weights(kind: str, cells_per_peak: np.ndarray, n_cells: int, peak_max: np.ndarray | None = None):
-    """The per-peak half of `transform`, fitted on statistics of all cells: what `transform_rows` then applies
-    to any block of rows, so that a matrix too large to hold is transformed a block at a time.
+    """The per-peak half of `transform`, fitted on statistics of all cells.
+
+    What `transform_rows` then applies to any block of rows, so that a matrix too large to hold is transformed a
+    block at a time.
 
     Parameters
     ----------
-    kind : a transform (params.TRANSFORMS).
-    cells_per_peak : (n_peaks,) integer, cells in which each peak holds a non-zero value (np.bincount of a
-        canonical X's indices; StoreStatistics.cells_per_peak).
-    n_cells : the cells those counts are over.
-    peak_max : (n_peaks,) each peak's largest absolute value; needed by maxabs only.
+    kind : str
+        A transform (`scatac.params.TRANSFORMS`).
+    cells_per_peak : numpy.ndarray
+        (n_peaks,) integer, cells in which each peak holds a non-zero value (np.bincount of a canonical X's indices;
+        `scatac.io.store.StoreStatistics.cells_per_peak`).
+    n_cells : int
+        The cells those counts are over.
+    peak_max : numpy.ndarray or None
+        (n_peaks,) each peak's largest absolute value; needed by 'maxabs' only.
 
     Returns
     -------
-    (n_peaks,) float64, or None for the row-local kinds (binary, log): tfidf's IDF, n_cells / cells opening the
-    peak; idf's weight, log of that; maxabs's scale, the peak's largest absolute value (transform_rows divides
-    by it as scikit-learn's MaxAbsScaler does, a never-open peak by 1).
+    numpy.ndarray or None
+        (n_peaks,) float64, or None for the row-local kinds (binary, log): tfidf's IDF, n_cells / cells opening the
+        peak; idf's weight, the log of that; maxabs's scale, the peak's largest absolute value (`transform_rows`
+        divides by it as scikit-learn's MaxAbsScaler does, a never-open peak by 1).
+
+    Raises
+    ------
+    ValueError
+        An unknown kind, or 'maxabs' without `peak_max`.
     """
     if kind in ("binary", "log"):
         return None
@@ -274,11 +405,29 @@ def peak_weights(kind: str, cells_per_peak: np.ndarray, n_cells: int, peak_max: 
 def transform_rows(X: sp.csr_matrix, kind: str, weights: np.ndarray | None) -> sp.csr_matrix:
     """The per-row half of `transform`: rows of counts scaled with `peak_weights` fitted on all cells.
 
-    X: CSR (rows, n_peaks), any block of a matrix's rows; weights: peak_weights(kind, ...) of the whole matrix.
     Every kind is row-local given the weights, so `transform_rows(X, kind, peak_weights(kind, <statistics of X>))`
     equals `transform(X, kind)` value for value, and the rows of a block come out as the same rows of the whole
-    matrix would. Returns CSR (rows, n_peaks) float32 with the pattern `transform` gives (stored zeros dropped for
-    binary, tfidf and idf; kept for log and maxabs, as there).
+    matrix would.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        (rows, n_peaks), any block of a matrix's rows.
+    kind : str
+        A transform (`scatac.params.TRANSFORMS`).
+    weights : numpy.ndarray or None
+        `peak_weights(kind, ...)` of the whole matrix (None for binary and log).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        (rows, n_peaks) float32 with the pattern `transform` gives (stored zeros dropped for binary, tfidf and idf;
+        kept for log and maxabs, as there).
+
+    Raises
+    ------
+    ValueError
+        An unknown kind, or weights missing where the kind needs them.
     """
     if kind == "binary":
         return binarize(X)
@@ -308,14 +457,27 @@ def transform_rows(X: sp.csr_matrix, kind: str, weights: np.ndarray | None) -> s
 
 
 def reference_neighbors(X: sp.csr_matrix, n_components: int = 10, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
-    """Each cell's nearest other cells under SnapATAC2's geometry: the neighbours the autoencoders' neighbour term
-    keeps near in their code.
+    """Each cell's nearest other cells under SnapATAC2's geometry: what the autoencoders' neighbour term pairs it with.
 
-    X: counts, CSR (n_cells, n_peaks). The binarized counts weighted by `idf` (rows L2-normalized), a randomized
-    truncated SVD to `n_components` scores weighted by their singular values (U S), each cell's scores
-    L2-normalized (cosine geometry), then exact Euclidean neighbours (scikit-learn's trees, so never an
-    (n_cells, n_cells) matrix). Returns (n_cells, n_neighbors) int64, the cell itself left out (fewer columns
-    where there are fewer other cells).
+    The binarized counts weighted by `idf` (rows L2-normalized), a randomized truncated SVD to `n_components` scores
+    weighted by their singular values (U S), each cell's scores L2-normalized (cosine geometry), then exact Euclidean
+    neighbours (scikit-learn's trees, so never an (n_cells, n_cells) matrix).
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) counts.
+    n_components : int
+        SVD components (the code's dimensions, in the autoencoders).
+    n_neighbors : int
+        Neighbours per cell, the cell itself not counted.
+    seed : int
+        The randomized SVD's random state.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_cells, n_neighbors) int64, the cell itself left out (fewer columns where there are fewer other cells).
     """
     from sklearn.decomposition import TruncatedSVD
     from sklearn.neighbors import NearestNeighbors
@@ -335,3 +497,7 @@ def reference_neighbors(X: sp.csr_matrix, n_components: int = 10, n_neighbors: i
     keep = np.ones_like(found, dtype=bool)
     keep[np.arange(X.shape[0]), drop] = False
     return found[keep].reshape(X.shape[0], n_neighbors).astype(np.int64)
+
+
+__all__ = ["filter", "filter_masks", "transform", "binarize", "tfidf", "idf", "peak_weights", "transform_rows",
+           "stored_nonzero", "reference_neighbors"]

@@ -11,7 +11,22 @@ from .errors import fail, warn
 
 
 def select_device(requested: str = "auto"):
-    """cuda, then mps, then cpu; `requested` forces one and fails clearly if absent."""
+    """The torch device to train on: cuda, then mps, then cpu.
+
+    Parameters
+    ----------
+    requested : {'auto', 'cpu', 'cuda', 'mps'}
+        'auto' picks the first available; the others force one.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    scatac.InputError
+        cuda or mps was requested and is not there.
+    """
     import torch
 
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
@@ -25,6 +40,15 @@ def select_device(requested: str = "auto"):
 
 
 def set_seed(seed: int):
+    """Seed Python's, NumPy's and torch's generators, and ask torch for deterministic kernels where it has them.
+
+    So that a seed reproduces the features on CPU.
+
+    Parameters
+    ----------
+    seed : int
+        The seed.
+    """
     import torch
 
     random.seed(seed)
@@ -35,12 +59,26 @@ def set_seed(seed: int):
 
 
 def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the platform has one).
+
+    Returns
+    -------
+    int
+    """
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def set_threads(threads: int | None):
-    """CPU threads for torch; None leaves torch's choice. More threads than CPUs are cut to the CPUs with a
-    warning: torch's threads spin-wait for each other, and 10,000 of them on 2 cores made an epoch 2,000x slower."""
+    """CPU threads for torch; more threads than CPUs are cut to the CPUs with a warning.
+
+    torch's threads spin-wait for each other, so more of them than CPUs slows an epoch down by orders of magnitude
+    (the documentation's benchmarks page).
+
+    Parameters
+    ----------
+    threads : int or None
+        The threads; None (or 0) leaves torch's choice.
+    """
     if threads:
         import torch
 
@@ -57,11 +95,10 @@ _ALLOCATOR_TUNED = False
 def keep_freed_memory():
     """Have glibc serve every allocation from its heap and keep freed memory for reuse.
 
-    By default glibc gives allocations above 32 MiB their own mmap and unmaps them on free, so
-    each training step's fresh gradient of a 100,000 x 512 layer page-faults in anew: a third of
-    a CPU step (0.48 -> 0.33 s per batch of 64 at 93,558 peaks, peak RSS +6%; issue 7 notes).
-    Applies to the whole process from here on; a no-op off glibc (macOS, musl) and when
-    SCATAC_DEFAULT_MALLOC=1 is set.
+    By default glibc gives allocations above 32 MiB their own mmap and unmaps them on free, so each training step's
+    fresh gradient of a 100,000 x 512 layer page-faults in anew: a sizeable share of a CPU step (measured on the
+    documentation's benchmarks page). Applies to the whole process from here on; a no-op off glibc (macOS, musl), on
+    a second call, and when SCATAC_DEFAULT_MALLOC=1 is set.
     """
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED or os.environ.get("SCATAC_DEFAULT_MALLOC") == "1" or not sys.platform.startswith("linux"):
@@ -76,3 +113,6 @@ def keep_freed_memory():
         libc.mallopt(m_trim_threshold, 2**31 - 1)
     except (OSError, AttributeError):
         pass
+
+
+__all__ = ["select_device", "set_seed", "set_threads", "usable_cpus", "keep_freed_memory"]

@@ -14,15 +14,37 @@ def simulate_atac(
     seed: int = 0,
     chunk_cells: int = 5000,
 ):
-    """Simulate a scATAC-seq count matrix with cell types that open their own peaks.
+    """Simulate a scATAC-seq count matrix whose cell types open their own peaks (the demo data, the tests).
 
-    Each type gets a random set of `specific_fraction` of the peaks where its
-    accessibility is raised; cells draw a log-normal depth; open peaks are Bernoulli
-    draws from a per-cell, per-peak probability, a few of them with count 2.
+    Each type gets a random set of `specific_fraction` of the peaks where its accessibility is raised; cells draw a
+    log-normal depth; open peaks are Bernoulli draws from a per-cell, per-peak probability, a few of them with count 2.
     Built chunk by chunk in CSR, never dense: the cost is O(non-zeros).
 
-    Returns (X: CSR n_cells x n_peaks float32, labels: array of type names,
-             barcodes: list, peaks: list).
+    Parameters
+    ----------
+    n_cells, n_peaks : int
+        The matrix's shape.
+    n_types : int
+        Cell types (type_A, type_B, ...).
+    density : float
+        The mean fraction of open peaks per cell.
+    specific_fraction : float
+        The share of peaks each type raises.
+    seed : int
+        Every draw's seed.
+    chunk_cells : int
+        Cells built at a time.
+
+    Returns
+    -------
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) float32 counts.
+    labels : numpy.ndarray
+        (n_cells,) type names.
+    barcodes : list of str
+        (n_cells,) cell names.
+    peaks : list of str
+        (n_peaks,) peak names, chrN:start-end, 500 bases wide.
     """
     rng = np.random.default_rng(seed)
     base = rng.gamma(shape=0.6, scale=1.0, size=n_peaks)  # how open each peak is in general
@@ -63,15 +85,40 @@ def simulate_atac(
 
 def simulate_fragments(path, X, barcodes, peaks, straddle_fraction: float = 0.1, background_per_cell: float = 2.0,
                        n_empty_barcodes: int = 0, seed: int = 0, chunk_cells: int = 20000):
-    """Write a Cell Ranger ATAC fragments.tsv.gz whose counting is known exactly, from counts X (cells x peaks).
+    """Write a Cell Ranger ATAC fragments.tsv.gz whose counting is known exactly, from counts X.
 
-    Each count of X becomes one fragment with both ends inside its peak; a `straddle_fraction` of them become
-    fragments with one end inside the peak and the other past its end (in the gap before the next peak); each cell
-    also gets Poisson(`background_per_cell`) fragments between peaks, and `n_empty_barcodes` barcodes a few such
-    fragments only (not cells). Peaks are the simulator's chrN:start-end, 500 bases apart. Lines are sorted by
-    chrom and start, after '#' header lines, with a duplicate count in the fifth column, as Cell Ranger writes them.
+    Each count of X becomes one fragment with both ends inside its peak; a `straddle_fraction` of them become fragments
+    with one end inside the peak and the other past its end (in the gap before the next peak); each cell also gets
+    Poisson(`background_per_cell`) fragments between peaks, and `n_empty_barcodes` barcodes a few such fragments only
+    (not cells). Peaks are the simulator's chrN:start-end, 500 bases apart. Lines are sorted by chrom and start, after
+    '#' header lines, with a duplicate count in the fifth column, as Cell Ranger writes them.
 
-    Returns the expected counts per strategy: {"paired-insertion", "insertion", "fragment"} -> CSR cells x peaks.
+    Parameters
+    ----------
+    path : str or Path
+        The file to write (gzip-compressed).
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) counts, as `simulate_atac` gives them.
+    barcodes : sequence of str
+        (n_cells,) the cells' names.
+    peaks : sequence of str
+        (n_peaks,) the peaks' names (chrN:start-end).
+    straddle_fraction : float
+        The share of fragments with one end past their peak.
+    background_per_cell : float
+        The mean number of fragments between peaks per cell.
+    n_empty_barcodes : int
+        Barcodes with a few background fragments only (empty droplets).
+    seed : int
+        Every draw's seed.
+    chunk_cells : int
+        Cells written at a time.
+
+    Returns
+    -------
+    dict
+        The expected counts per counting strategy: {"paired-insertion", "insertion", "fragment"} -> CSR
+        (n_cells, n_peaks), what `scatac.io.fragments.count_fragments` must give.
     """
     import gzip
 
@@ -170,34 +217,44 @@ def _draws_for_distinct(probabilities: np.ndarray, distinct: float) -> float:
 def simulate_store(path, n_cells: int, n_peaks: int, density: float = 0.005, *, n_types: int = 5,
                    specific_fraction: float = 0.3, seed: int = 0, block_cells: int = 16384, dtype=np.uint8,
                    progress: bool = True):
-    """Write a simulated scATAC-seq store (scatac.io.store) of binary counts block by block, never holding the matrix.
+    """Write a simulated scATAC-seq store (`scatac.io.store`) of binary counts block by block, never holding the matrix.
 
     Cells belong to `n_types` types. Each type has its own distribution over peaks: a shared baseline (how open each
-    peak is in general, gamma distributed) times a boost of 4 to 10 on a random `specific_fraction` of the peaks,
-    as `simulate_atac` draws them. A cell draws Poisson(density * n_peaks * depth) peaks from its type's
-    distribution (depth: log-normal, mean 1), and the distinct peaks drawn are its open peaks: a peak's chance to
-    be open in a cell is about that many times its share of the distribution. The draws are scaled up per type by as
-    many as peaks drawn twice take away, so that a cell has `density * n_peaks` open peaks on average (times its
-    depth). Values are 1, of `dtype`.
+    peak is in general, gamma distributed) times a boost of 4 to 10 on a random `specific_fraction` of the peaks, as
+    `simulate_atac` draws them. A cell draws Poisson(density x n_peaks x depth) peaks from its type's distribution
+    (depth: log-normal, mean 1), and the distinct peaks drawn are its open peaks. The draws are scaled up per type by as
+    many as peaks drawn twice take away, so that a cell has density x n_peaks open peaks on average (times its depth).
+    Values are 1, of `dtype`.
 
     Parameters
     ----------
-    path : the store to write (staged beside it, renamed into place when complete).
-    n_cells, n_peaks : the matrix's shape. density : the expected fraction of open peaks per cell.
-    n_types : cell types, written as obs["label"] (type_A, type_B, ...).
-    specific_fraction : the share of peaks each type boosts.
-    seed : the types' distributions and each cell's type and depth come from default_rng(seed); the open peaks of
-        the cells of chunk j (SIMULATE_CHUNK_CELLS consecutive cells) from default_rng([seed, j]). So the matrix is
-        a function of (seed, n_cells, n_peaks, density, n_types, specific_fraction) only: `block_cells`, the cells
-        written at a time, changes neither it nor its draws.
-    block_cells : cells per block written (rounded up to whole chunks); memory grows with it.
-    dtype : the stored values' type: uint8 takes a quarter of float32's space (a store reads as float32 either way).
-    progress : show a tqdm bar.
+    path : str or Path
+        The store to write (staged beside it, renamed into place when complete).
+    n_cells, n_peaks : int
+        The matrix's shape.
+    density : float
+        The expected fraction of open peaks per cell.
+    n_types : int
+        Cell types, written as obs["label"] (type_A, type_B, ...).
+    specific_fraction : float
+        The share of peaks each type boosts.
+    seed : int
+        The types' distributions and each cell's type and depth come from default_rng(seed); the open peaks of the
+        cells of chunk j (SIMULATE_CHUNK_CELLS consecutive cells) from default_rng([seed, j]). So the matrix is a
+        function of (seed, n_cells, n_peaks, density, n_types, specific_fraction) only: `block_cells` changes neither
+        it nor its draws.
+    block_cells : int
+        Cells per block written (rounded up to whole chunks); memory grows with it.
+    dtype : numpy dtype
+        The stored values' type: uint8 takes a quarter of float32's space (a store reads as float32 either way).
+    progress : bool
+        Show a tqdm bar.
 
     Returns
     -------
-    Path of the store: X (n_cells, n_peaks) CSR, obs["label"] the types, barcodes cell_0000000..., peaks
-    chrN:start-end as simulate_atac names them.
+    Path
+        The store: X (n_cells, n_peaks) CSR, obs["label"] the types, barcodes cell_0000000..., peaks chrN:start-end as
+        `simulate_atac` names them.
     """
     from .io.store import write_store
 
@@ -260,3 +317,6 @@ def simulate_store(path, n_cells: int, n_peaks: int, density: float = 0.005, *, 
     return write_store(blocks(), path, barcodes=barcodes, peaks=peaks, labels=type_names[type_of_cell],
                        uns={"scatac": {"source": "scatac.simulate.simulate_store", "simulation": settings}},
                        dtype=dtype, progress=progress)
+
+
+__all__ = ["simulate_atac", "simulate_fragments", "simulate_store"]

@@ -28,7 +28,20 @@ from .pp import filter_message, peak_weights, transform_rows
 
 
 def depth_logit(open_peaks: np.ndarray, n_peaks: int) -> np.ndarray:
-    """batches.cell_depth_logit from each cell's open peaks: logit of the fraction open, float32 (n_cells,)."""
+    """`scatac.batches.cell_depth_logit` from each cell's open peaks: the logit of the fraction open.
+
+    Parameters
+    ----------
+    open_peaks : numpy.ndarray
+        (n_cells,) each cell's open peaks.
+    n_peaks : int
+        The peaks there are.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_cells,) float32.
+    """
     open_fraction = np.asarray(open_peaks) / n_peaks
     open_fraction = np.clip(open_fraction, 1e-6, 1 - 1e-6)
     return np.log(open_fraction / (1 - open_fraction)).astype(np.float32)
@@ -40,26 +53,53 @@ def _column_map(peak_mask: np.ndarray) -> np.ndarray:
 
 
 class StoredData:
-    """A store's cells as the training loop sees them: TrainData's protocol, rows read from disk per batch.
+    """A store's cells as the training loop sees them: TrainData's protocol, the rows read from disk per batch.
+
+    For the same counts and masks, `batch(rows, device)` gives exactly the values, peaks and depth that
+    `TrainData.from_counts(<the filtered counts in memory>, transform_kind).batch(rows, device)` gives: the weights are
+    fitted on all served cells, and every transform is row-local given them (`scatac.pp.transform_rows`). Memory: the
+    arrays below and the store's indptr, O(n_cells + n_peaks); a batch's rows are read when asked. One pass over the
+    served cells' blocks counts what the transform and the depth need when it is built.
+
+    Parameters
+    ----------
+    counts : scatac.io.store.StoredCounts or str or Path
+        The store, or its path.
+    transform_kind : str
+        The input transform (`scatac.pp.transform`'s kinds).
+    cell_mask : numpy.ndarray or None
+        (n_store_cells,) bool, the cells served (None: all).
+    peak_mask : numpy.ndarray or None
+        (n_store_peaks,) bool, the peaks served (None: all).
+    block_cells : int
+        Cells read at a time in that pass.
+    progress : bool
+        A tqdm bar over that pass.
 
     Attributes
     ----------
-    counts : the StoredCounts read from.
-    transform_kind : the input transform (pp.transform's kinds).
-    cells : (n_cells,) int64, the store row of each cell served (the kept cells, in store order).
-    peaks : (n_peaks,) int64, the store column of each peak served.
-    depth : (n_cells,) float32, logit of each cell's fraction of open peaks among those served
-        (batches.cell_depth_logit).
-    weights : (n_peaks,) float64 per-peak transform weights fitted on the served cells (pp.peak_weights), or None.
-    cells_per_peak : (n_peaks,) int64, served cells opening each peak. open_peaks : (n_cells,) int64.
-    neighbors : None: no reference neighbours at this scale (the neighbour term is off when streaming).
-    stream_block_cells, stream_buffer_blocks : the blocks and buffers of `streamed_batches`.
-    filter_summary : pp.filter_masks's summary when built by `filtered`, else None.
-
-    For the same counts and masks, `batch(rows, device)` gives exactly the values, peaks and depth that
-    `TrainData.from_counts(<the filtered counts in memory>, transform_kind).batch(rows, device)` gives: the weights
-    are fitted on all served cells, and every transform is row-local given them (pp.transform_rows).
-    Memory: the arrays above and the store's indptr, O(n_cells + n_peaks); a batch's rows are read when asked.
+    counts : scatac.io.store.StoredCounts
+        The store read from.
+    transform_kind : str
+        The input transform.
+    cells : numpy.ndarray
+        (n_cells,) int64, the store row of each cell served (the kept cells, in store order).
+    peaks : numpy.ndarray
+        (n_peaks,) int64, the store column of each peak served.
+    depth : numpy.ndarray
+        (n_cells,) float32, the logit of each cell's fraction of open peaks among those served.
+    weights : numpy.ndarray or None
+        (n_peaks,) float64 per-peak transform weights fitted on the served cells (`scatac.pp.peak_weights`).
+    cells_per_peak : numpy.ndarray
+        (n_peaks,) int64, served cells opening each peak.
+    open_peaks : numpy.ndarray
+        (n_cells,) int64, each served cell's open served peaks.
+    neighbors : None
+        No reference neighbours at this scale: the neighbour term is off when streaming.
+    stream_block_cells, stream_buffer_blocks : int
+        The blocks and buffers of `streamed_batches`.
+    filter_summary : dict or None
+        `scatac.pp.filter_masks`'s summary when built by `filtered`.
     """
 
     neighbors = None
@@ -109,8 +149,30 @@ class StoredData:
     def filtered(cls, counts: StoredCounts | str | Path, transform_kind: str, *, min_cells_per_peak=3,
                  max_cells_per_peak=1.0, min_peaks_per_cell=10, n_top_peaks=None,
                  block_cells: int = DEFAULT_BLOCK_CELLS, progress: bool = False, verbose: bool = False) -> "StoredData":
-        """The cells and peaks SCALE's filter keeps (`filter_store`, the thresholds as pp.filter takes and checks
-        them), served transformed by `transform_kind`; `verbose` prints the filter's one-line summary."""
+        """The cells and peaks SCALE's filter keeps, served transformed.
+
+        The filter runs in passes over the store's blocks (`scatac.io.store.filter_store`), with the thresholds as
+        `scatac.pp.filter` takes and checks them.
+
+        Parameters
+        ----------
+        counts : scatac.io.store.StoredCounts or str or Path
+            The store, or its path.
+        transform_kind : str
+            The input transform.
+        min_cells_per_peak, max_cells_per_peak, min_peaks_per_cell, n_top_peaks
+            The filter's thresholds.
+        block_cells : int
+            Cells read at a time.
+        progress : bool
+            A tqdm bar over each pass.
+        verbose : bool
+            Print the filter's one-line summary.
+
+        Returns
+        -------
+        StoredData
+        """
         from .params import FILTER
 
         values = FILTER.resolve(dict(min_cells_per_peak=min_cells_per_peak, max_cells_per_peak=max_cells_per_peak,
@@ -204,33 +266,47 @@ class StreamedBatches(BatchSource):
 
     Each epoch visits this shard's blocks of `block_cells` consecutive cells (of `rows`, in store order) in a random
     order, reads `buffer_blocks` of them at a time (one read of each block's stretch of the store), shuffles the
-    buffer's cells and yields mini-batches of `batch_size` from it; cells a buffer leaves over (fewer than a batch)
-    open the next buffer's first batch, so every batch is full except an epoch's last. Each (batch, None) pair has
-    no neighbour batch: the neighbour term needs reference neighbours, which are not computed at this scale.
-    Every cell of `rows` appears exactly once per epoch unless `max_batches` or `shard` stops the epoch earlier.
+    buffer's cells and yields mini-batches of `batch_size` from it; cells a buffer leaves over (fewer than a batch) open
+    the next buffer's first batch, so every batch is full except an epoch's last. Each (batch, None) pair has no
+    neighbour batch: the neighbour term needs reference neighbours, which are not computed at this scale. Every cell of
+    `rows` appears exactly once per epoch unless `max_batches` or `shard` stops the epoch earlier. As streamed loaders
+    do (scvi-tools' AnnLoader, WebDataset's shuffle).
 
     Parameters
     ----------
-    data : the StoredData to read.
-    batch_size : cells per batch. device : where batches go (torch.device).
-    seed : each epoch's order comes from default_rng([seed, epoch]): the same seed and epoch give the same batches,
+    data : StoredData
+        The cells to read.
+    batch_size : int
+        Cells per batch.
+    device : torch.device
+        Where batches go.
+    seed : int
+        Each epoch's order comes from default_rng([seed, epoch]): the same seed and epoch give the same batches,
         whatever epochs were drawn before (a resumed run replays them).
-    rows : (n,) positions among data's cells to train on (early stopping's training cells); None: all. Their
-        order does not matter (blocks follow the store; a repeat counts once); with `shard`, every rank must pass
-        the same rows, since the blocks are cut from them.
-    block_cells : cells per block, the unit of reading and of the shuffle's coarse order.
-    buffer_blocks : blocks per shuffle buffer: a larger buffer mixes cells of more blocks in each batch.
-    max_batches : yield at most N pairs per epoch (bench/scale.py's time per batch).
-    shard : (rank, world_size): only block i % world_size == rank is this rank's. Every rank must take as many steps
-        per epoch (collective operations wait for each other), so batches_per_epoch is the smallest over ranks, and a
-        rank with more cells than that many batches holds leaves the rest of its epoch's visit order unread.
-    prefetch : read the next buffer in a background thread while this one's batches are used (memory: two
-        buffers at a time instead of one).
+    rows : numpy.ndarray or None
+        (n,) positions among data's cells to train on (early stopping's training cells); None: all. Their order does
+        not matter (blocks follow the store; a repeat counts once); with `shard`, every rank must pass the same rows,
+        since the blocks are cut from them.
+    block_cells : int
+        Cells per block, the unit of reading and of the shuffle's coarse order.
+    buffer_blocks : int
+        Blocks per shuffle buffer: a larger buffer mixes cells of more blocks in each batch.
+    max_batches : int or None
+        Yield at most N pairs per epoch (bench/scale.py's time per batch).
+    shard : tuple of int or None
+        (rank, world_size): only block i % world_size == rank is this rank's. Every rank must take as many steps per
+        epoch (collective operations wait for each other), so batches_per_epoch is the smallest over ranks, and a rank
+        with more cells than that many batches holds leaves the rest of its epoch's visit order unread.
+    prefetch : bool
+        Read the next buffer in a background thread while this one's batches are used (memory: two buffers at a time
+        instead of one).
 
     Attributes
     ----------
-    n_cells : the cells a full epoch of this rank yields. batches_per_epoch : the pairs it yields (not counting
-    max_batches, as InMemoryBatches counts them).
+    n_cells : int
+        The cells a full epoch of this rank yields.
+    batches_per_epoch : int
+        The pairs it yields (not counting max_batches, as InMemoryBatches counts them).
     """
 
     def __init__(self, data: StoredData, batch_size: int, device, seed: int, rows: np.ndarray | None = None, *,
@@ -327,3 +403,6 @@ class StreamedBatches(BatchSource):
         finally:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
+
+
+__all__ = ["StoredData", "StreamedBatches", "depth_logit"]

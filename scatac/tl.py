@@ -36,18 +36,37 @@ from .params import CLUSTER, DEVICE, LATENT_DIM, N_CLUSTERS, N_INIT, RESOLUTION,
 
 
 def _documented(method: methods.Method):
-    """Append the method's declared options, with their defaults, to the function's docstring."""
+    """Append the method's declared options to the function's docstring, as numpydoc's Other Parameters section: each
+    option's name, its rule and its help with the default (what `help(scatac.tl.vae)` and the API reference list)."""
 
     def decorate(function):
-        lines = [f"    {p.name}: {p.describe()}; {p.help_text()}" for p in method.options]
-        function.__doc__ += "\n    Options (keyword arguments):\n" + "\n".join(lines) + "\n"
+        lines = [f"    {p.name} : {p.describe()}\n        {p.help_text()}" for p in method.options]
+        function.__doc__ += "\n    Other Parameters\n    ----------------\n" + "\n".join(lines) + "\n"
         return function
 
     return decorate
 
 
 def counts_of(adata, layer: str | None = None) -> sp.csr_matrix:
-    """The count matrix a method reads: `adata.X`, or `adata.layers[layer]`, as CSR (cells x peaks)."""
+    """The count matrix a method reads: `adata.X`, or `adata.layers[layer]`, as CSR.
+
+    Parameters
+    ----------
+    adata : AnnData
+        Cells x peaks.
+    layer : str or None
+        The layer to read instead of `X`.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        (n_cells, n_peaks): the matrix itself when it is CSR already, else a CSR copy.
+
+    Raises
+    ------
+    scatac.InputError
+        No such layer, or no `X`.
+    """
     if layer is None:
         X = adata.X
     elif layer not in adata.layers:
@@ -158,10 +177,58 @@ def _fit_neural(method: methods.Method, adata, latent_dim, *, layer, seed, devic
 @_documented(methods.AE)
 def ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device: str = "auto", key_added: str = "AE",
        progress: bool = True, trainer=None, **options):
-    """Plain autoencoder, trained as a denoising one (Bernoulli reconstruction of which peaks are open).
+    """Train the plain autoencoder (a denoising one) and store each cell's features.
 
-    Writes obsm["X_AE"] and uns["AE"] (key_added); returns the trained models.ae.AutoEncoder.
-    `trainer` (a train.Trainer) overrides device and progress: compare.py and bench/scale.py pass theirs.
+    The encoder reads the transformed counts (`transform`, TF-IDF by default) through dropout on the input peaks; the
+    decoder gives the Bernoulli likelihood of which peaks are open, each cell's depth added to its logits; the
+    neighbour term (`neighbor_weight`) keeps cells near their reference neighbours in the code. The features are the
+    encoder's output without dropout. Same options, defaults and rules as `AE.py`.
+
+    Parameters
+    ----------
+    adata : AnnData
+        Counts, cells x peaks, in `X` (or `layer`); in memory, or backed by an on-disk store
+        (`anndata.read_h5ad(store, backed="r")`, see `scatac.io.convert_to_store`), whose cells are then streamed in
+        blocks and the neighbour term is off.
+    latent_dim : int
+        Features per cell: at least 1, below the peaks and at most the cells.
+    layer : str or None
+        Read `adata.layers[layer]` instead of `X` (in memory only).
+    seed : int
+        Seeds the weights, the batches and the dropout: the same seed on CPU gives the same features.
+    device : {'auto', 'cpu', 'cuda', 'mps'}
+        Where to train; 'auto': cuda, then mps, then cpu.
+    key_added : str
+        Where the results go (below).
+    progress : bool
+        Show a progress bar per training phase.
+    trainer : scatac.train.Trainer or None
+        Trains the model instead of a Trainer made from `device` and `progress` (compare.py and the benches pass
+        their own).
+    **options
+        The method's options, as the script's flags (listed under Other Parameters with their rules and defaults).
+
+    Returns
+    -------
+    scatac.models.ae.AutoEncoder
+        The trained module, on the training device; `AutoEncoder(**model.config)` rebuilds it.
+
+    Writes
+    ------
+    obsm["X_<key_added>"]
+        (n_cells, latent_dim) float32 features, in cell order.
+    uns[key_added]
+        method, params (latent_dim, seed, layer, device and every option as used), decoder ('full' or 'sampled'),
+        batch_size, epochs_trained (per training phase; fewer than asked where early stopping stopped),
+        loss (a DataFrame, one row per epoch: phase, epoch, loss and its terms), seconds (transform_s, train_s)
+        and, under torchrun, distributed (how the cells were shared among the processes).
+
+    Raises
+    ------
+    scatac.InputError
+        An argument or option that breaks its rule, before any training.
+    scatac.TrainingFailed
+        The loss became NaN or infinite.
     """
     return _fit_neural(methods.AE, adata, latent_dim, layer=layer, seed=seed, device=device, key_added=key_added,
                        progress=progress, trainer=trainer, options=options)
@@ -170,9 +237,57 @@ def ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device: str = 
 @_documented(methods.SPARSE_AE)
 def sparse_ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device: str = "auto",
               key_added: str = "SparseAE", progress: bool = True, trainer=None, **options):
-    """Sparse autoencoder: a sigmoid code kept sparse by Ng's KL penalty; features are the code's logits.
+    """Train the sparse autoencoder: a sigmoid code kept sparse by Ng's KL penalty.
 
-    Writes obsm["X_SparseAE"] and uns["SparseAE"]; returns the trained models.sparse_ae.SparseAutoEncoder.
+    Each code unit is pushed to be active in about `sparsity_target` of the cells, so units behave like detectors of
+    groups of cells. The features are the code's logits (the sigmoid's input), without dropout. Same options, defaults
+    and rules as `SparseAE.py`.
+
+    Parameters
+    ----------
+    adata : AnnData
+        Counts, cells x peaks, in `X` (or `layer`); in memory, or backed by an on-disk store
+        (`anndata.read_h5ad(store, backed="r")`, see `scatac.io.convert_to_store`), whose cells are then streamed in
+        blocks and the neighbour term is off.
+    latent_dim : int
+        Features per cell: at least 1, below the peaks and at most the cells.
+    layer : str or None
+        Read `adata.layers[layer]` instead of `X` (in memory only).
+    seed : int
+        Seeds the weights, the batches and the dropout: the same seed on CPU gives the same features.
+    device : {'auto', 'cpu', 'cuda', 'mps'}
+        Where to train; 'auto': cuda, then mps, then cpu.
+    key_added : str
+        Where the results go (below).
+    progress : bool
+        Show a progress bar per training phase.
+    trainer : scatac.train.Trainer or None
+        Trains the model instead of a Trainer made from `device` and `progress` (compare.py and the benches pass
+        their own).
+    **options
+        The method's options, as the script's flags (listed under Other Parameters with their rules and defaults).
+
+    Returns
+    -------
+    scatac.models.sparse_ae.SparseAutoEncoder
+        The trained module, on the training device; `SparseAutoEncoder(**model.config)` rebuilds it.
+
+    Writes
+    ------
+    obsm["X_<key_added>"]
+        (n_cells, latent_dim) float32 features, in cell order.
+    uns[key_added]
+        method, params (latent_dim, seed, layer, device and every option as used), decoder ('full' or 'sampled'),
+        batch_size, epochs_trained (per training phase; fewer than asked where early stopping stopped),
+        loss (a DataFrame, one row per epoch: phase, epoch, loss and its terms), seconds (transform_s, train_s)
+        and, under torchrun, distributed (how the cells were shared among the processes).
+
+    Raises
+    ------
+    scatac.InputError
+        An argument or option that breaks its rule, before any training.
+    scatac.TrainingFailed
+        The loss became NaN or infinite.
     """
     return _fit_neural(methods.SPARSE_AE, adata, latent_dim, layer=layer, seed=seed, device=device,
                        key_added=key_added, progress=progress, trainer=trainer, options=options)
@@ -181,10 +296,57 @@ def sparse_ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device:
 @_documented(methods.STACKED_AE)
 def stacked_ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device: str = "auto",
                key_added: str = "StackedAE", progress: bool = True, trainer=None, **options):
-    """Stacked autoencoder: each layer pretrained as a shallow autoencoder of the one below, then all fine-tuned.
+    """Train the stacked autoencoder: each layer pretrained on the one below, then all of them fine-tuned together.
 
-    Writes obsm["X_StackedAE"] and uns["StackedAE"] (its loss marks each phase); returns the trained
-    models.stacked_ae.StackedAutoEncoder.
+    Layer 1 learns to rebuild the peaks, each later layer the codes of the layer below (held fixed), for
+    `pretrain_epochs` each; then the whole stack is fine-tuned end to end for `finetune_epochs`. The loss in `uns` marks
+    each phase. Same options, defaults and rules as `StackedAE.py`.
+
+    Parameters
+    ----------
+    adata : AnnData
+        Counts, cells x peaks, in `X` (or `layer`); in memory, or backed by an on-disk store
+        (`anndata.read_h5ad(store, backed="r")`, see `scatac.io.convert_to_store`), whose cells are then streamed in
+        blocks and the neighbour term is off.
+    latent_dim : int
+        Features per cell: at least 1, below the peaks and at most the cells.
+    layer : str or None
+        Read `adata.layers[layer]` instead of `X` (in memory only).
+    seed : int
+        Seeds the weights, the batches and the dropout: the same seed on CPU gives the same features.
+    device : {'auto', 'cpu', 'cuda', 'mps'}
+        Where to train; 'auto': cuda, then mps, then cpu.
+    key_added : str
+        Where the results go (below).
+    progress : bool
+        Show a progress bar per training phase.
+    trainer : scatac.train.Trainer or None
+        Trains the model instead of a Trainer made from `device` and `progress` (compare.py and the benches pass
+        their own).
+    **options
+        The method's options, as the script's flags (listed under Other Parameters with their rules and defaults).
+
+    Returns
+    -------
+    scatac.models.stacked_ae.StackedAutoEncoder
+        The trained module, on the training device; `StackedAutoEncoder(**model.config)` rebuilds it.
+
+    Writes
+    ------
+    obsm["X_<key_added>"]
+        (n_cells, latent_dim) float32 features, in cell order.
+    uns[key_added]
+        method, params (latent_dim, seed, layer, device and every option as used), decoder ('full' or 'sampled'),
+        batch_size, epochs_trained (per training phase; fewer than asked where early stopping stopped),
+        loss (a DataFrame, one row per epoch: phase, epoch, loss and its terms), seconds (transform_s, train_s)
+        and, under torchrun, distributed (how the cells were shared among the processes).
+
+    Raises
+    ------
+    scatac.InputError
+        An argument or option that breaks its rule, before any training.
+    scatac.TrainingFailed
+        The loss became NaN or infinite.
     """
     return _fit_neural(methods.STACKED_AE, adata, latent_dim, layer=layer, seed=seed, device=device,
                        key_added=key_added, progress=progress, trainer=trainer, options=options)
@@ -193,11 +355,58 @@ def stacked_ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device
 @_documented(methods.VAE)
 def vae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device: str = "auto", key_added: str = "VAE",
         progress: bool = True, trainer=None, **options):
-    """Variational autoencoder with a Gaussian-mixture prior (SCALE's model) or a standard normal one.
+    """Train the variational autoencoder, SCALE's model with its Gaussian-mixture prior, or with a standard normal one.
 
-    Features are the posterior means. Writes obsm["X_VAE"] and uns["VAE"] (with the prior and its
-    number of components; n_components None here means 8); returns the trained
-    models.vae.VariationalAutoEncoder.
+    Each cell gets a Gaussian posterior; the KL term's weight rises from 0 to 1 over `kl_warmup` epochs, and the
+    mixture prior is fit to the posterior means when the warm-up ends. The features are the posterior means, so the
+    same seed gives the same features. Same options, defaults and rules as `VAE.py` (`n_components` None here means 8;
+    the scripts pass the run's number of clusters).
+
+    Parameters
+    ----------
+    adata : AnnData
+        Counts, cells x peaks, in `X` (or `layer`); in memory, or backed by an on-disk store
+        (`anndata.read_h5ad(store, backed="r")`, see `scatac.io.convert_to_store`), whose cells are then streamed in
+        blocks and the neighbour term is off.
+    latent_dim : int
+        Features per cell: at least 1, below the peaks and at most the cells.
+    layer : str or None
+        Read `adata.layers[layer]` instead of `X` (in memory only).
+    seed : int
+        Seeds the weights, the batches and the dropout: the same seed on CPU gives the same features.
+    device : {'auto', 'cpu', 'cuda', 'mps'}
+        Where to train; 'auto': cuda, then mps, then cpu.
+    key_added : str
+        Where the results go (below).
+    progress : bool
+        Show a progress bar per training phase.
+    trainer : scatac.train.Trainer or None
+        Trains the model instead of a Trainer made from `device` and `progress` (compare.py and the benches pass
+        their own).
+    **options
+        The method's options, as the script's flags (listed under Other Parameters with their rules and defaults).
+
+    Returns
+    -------
+    scatac.models.vae.VariationalAutoEncoder
+        The trained module, on the training device; `VariationalAutoEncoder(**model.config)` rebuilds it.
+
+    Writes
+    ------
+    obsm["X_<key_added>"]
+        (n_cells, latent_dim) float32 features, in cell order.
+    uns[key_added]
+        method, params (latent_dim, seed, layer, device and every option as used), decoder ('full' or 'sampled'),
+        batch_size, epochs_trained (per training phase; fewer than asked where early stopping stopped),
+        loss (a DataFrame, one row per epoch: phase, epoch, loss and its terms), seconds (transform_s, train_s)
+        and, under torchrun, distributed (how the cells were shared among the processes); prior and n_components.
+
+    Raises
+    ------
+    scatac.InputError
+        An argument or option that breaks its rule, before any training.
+    scatac.TrainingFailed
+        The loss became NaN or infinite.
     """
     return _fit_neural(methods.VAE, adata, latent_dim, layer=layer, seed=seed, device=device, key_added=key_added,
                        progress=progress, trainer=trainer, options=options)
@@ -268,29 +477,52 @@ def _fit_factorization(method: methods.Method, fit, stored_fit, adata, latent_di
 @_documented(methods.NMF)
 def nmf(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: str = "NMF", progress: bool = True,
         **options):
-    """NMF (scikit-learn, Frobenius loss) of the transformed counts, V ~ W H, never densified.
+    """Non-negative matrix factorization (scikit-learn, Frobenius loss) of the transformed counts, V ~ W H.
 
-    In memory, factorization.fit_nmf (full NMF, or MiniBatchNMF above its threshold). An AnnData backed by an
-    on-disk store (`anndata.read_h5ad(store, backed="r")`, scatac.io.store) is factorized from the store a block of
-    cells at a time, never whole (factorization.fit_nmf_stored): MiniBatchNMF's partial_fit over the blocks, each
-    transformed with weights fitted on all cells, in a shuffled order each pass; `max_iter` then counts passes over
-    the store, stopped earlier by MiniBatchNMF's own rule.
+    V is the counts transformed by `transform` (the IDF-weighted binary matrix by default), never densified. In memory,
+    `scatac.factorization.fit_nmf`: scikit-learn's NMF, or MiniBatchNMF above its threshold. An AnnData backed by an
+    on-disk store is factorized from the store a block of cells at a time, never whole
+    (`scatac.factorization.fit_nmf_stored`): MiniBatchNMF's partial_fit over the blocks, each transformed with weights
+    fitted on all cells, in a shuffled order each pass; `max_iter` then counts passes over the store, stopped earlier by
+    MiniBatchNMF's own rule.
 
     Parameters
     ----------
-    adata : AnnData, cells x peaks counts in X (or `layer`), in memory or backed by a store.
-    latent_dim : the rank of the factorization.
-    layer : read adata.layers[layer] instead of X (in memory only).
-    seed : the start and, from a store, the sample, block and cell orders.
-    key_added : where the results go.
-    progress : from a store, a tqdm bar over each pass's blocks (ignored in memory).
-    options : the card's options, listed below.
+    adata : AnnData
+        Counts, cells x peaks, in `X` (or `layer`); in memory, or backed by an on-disk store
+        (`anndata.read_h5ad(store, backed="r")`), which is then read a block of cells at a time.
+    latent_dim : int
+        The rank of the factorization: at least 1, below the peaks and at most the cells.
+    layer : str or None
+        Read `adata.layers[layer]` instead of `X` (in memory only).
+    seed : int
+        Seeds the start and, from a store, the sample, block and cell orders.
+    key_added : str
+        Where the results go (below).
+    progress : bool
+        From a store, a tqdm bar over each pass's blocks (ignored in memory).
+    **options
+        The method's options, as the notebook's parameters (listed under Other Parameters with their rules and
+        defaults).
 
     Returns
     -------
-    None. Writes obsm["X_<key_added>"] (n_cells, latent_dim) float32 (W), varm["<key_added>_loadings"]
-    (n_peaks, latent_dim) float32 (H transposed) and uns[key_added]: method, params, seconds, factorization (the
-    fit's details) and, from a store, streamed (True).
+    None
+
+    Writes
+    ------
+    obsm["X_<key_added>"]
+        (n_cells, latent_dim) float32, the cell factors W.
+    varm["<key_added>_loadings"]
+        (n_peaks, latent_dim) float32, the peak loadings H transposed: which peaks each factor opens.
+    uns[key_added]
+        method, params (latent_dim, seed, layer and every option as used), seconds (fit_s), factorization (the fit's
+        details: backend, iterations, reconstruction error, ...) and, from a store, streamed (True).
+
+    Raises
+    ------
+    scatac.InputError
+        An argument or option that breaks its rule, before any work.
     """
     _fit_factorization(methods.NMF, fit_nmf, fit_nmf_stored, adata, latent_dim, layer=layer, seed=seed,
                        key_added=key_added, progress=progress, options=options)
@@ -299,27 +531,50 @@ def nmf(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: st
 @_documented(methods.LSNMF)
 def lsnmf(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: str = "LSNMF", progress: bool = True,
           **options):
-    """LSNMF (Lin 2007, nimfa's Lsnmf or the suite's sparse solver of the same algorithm), V ~ W H.
+    """LSNMF (Lin 2007): alternating non-negative least squares by projected gradient, V ~ W H.
 
-    In memory, factorization.fit_lsnmf. An AnnData backed by an on-disk store (`anndata.read_h5ad(store,
-    backed="r")`) is factorized by the same sparse solver with its two products with V taken a block of cells at a
-    time (factorization.fit_lsnmf_stored): the same iterations, two passes over the store each, the factors in memory.
+    In memory, `scatac.factorization.fit_lsnmf`: nimfa's Lsnmf on a dense copy while that is under 1 GiB, else the
+    suite's sparse solver of the same algorithm. An AnnData backed by an on-disk store is factorized by the same sparse
+    solver with its two products with V taken a block of cells at a time (`scatac.factorization.fit_lsnmf_stored`):
+    the same iterations, two passes over the store each, the factors in memory.
 
     Parameters
     ----------
-    adata : AnnData, cells x peaks counts in X (or `layer`), in memory or backed by a store.
-    latent_dim : the rank of the factorization.
-    layer : read adata.layers[layer] instead of X (in memory only).
-    seed : the random_vcol start's.
-    key_added : where the results go.
-    progress : from a store, a tqdm bar over each pass's blocks (ignored in memory).
-    options : the card's options, listed below (backend 'nimfa' needs the matrix in memory).
+    adata : AnnData
+        Counts, cells x peaks, in `X` (or `layer`); in memory, or backed by an on-disk store
+        (`anndata.read_h5ad(store, backed="r")`), which is then read a block of cells at a time.
+    latent_dim : int
+        The rank of the factorization: at least 1, below the peaks and at most the cells.
+    layer : str or None
+        Read `adata.layers[layer]` instead of `X` (in memory only).
+    seed : int
+        Seeds the random_vcol start.
+    key_added : str
+        Where the results go (below).
+    progress : bool
+        From a store, a tqdm bar over each pass's blocks (ignored in memory).
+    **options
+        The method's options, as the notebook's parameters (listed under Other Parameters with their rules and
+        defaults); backend 'nimfa' needs the matrix in memory.
 
     Returns
     -------
-    None. Writes obsm["X_<key_added>"] (n_cells, latent_dim) float32 (W), varm["<key_added>_loadings"]
-    (n_peaks, latent_dim) float32 (H transposed) and uns[key_added]: method, params, seconds, factorization and,
-    from a store, streamed (True).
+    None
+
+    Writes
+    ------
+    obsm["X_<key_added>"]
+        (n_cells, latent_dim) float32, the cell factors W.
+    varm["<key_added>_loadings"]
+        (n_peaks, latent_dim) float32, the peak loadings H transposed: which peaks each factor opens.
+    uns[key_added]
+        method, params (latent_dim, seed, layer and every option as used), seconds (fit_s), factorization (the fit's
+        details: backend, iterations, reconstruction error, ...) and, from a store, streamed (True).
+
+    Raises
+    ------
+    scatac.InputError
+        An argument or option that breaks its rule, before any work.
     """
     _fit_factorization(methods.LSNMF, fit_lsnmf, fit_lsnmf_stored, adata, latent_dim, layer=layer, seed=seed,
                        key_added=key_added, progress=progress, options=options)
@@ -329,27 +584,46 @@ def lsi(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, transform: st
         unit_variance: bool = True, key_added: str = "LSI", progress: bool = True):
     """LSI: a weighted binary matrix, truncated SVD, the first (depth) component dropped.
 
-    transform "tfidf" (default): Signac's and ArchR's TF-IDF; "idf": SnapATAC2's IDF weighting with rows
-    L2-normalized (the input of NMF and LSNMF by default). In memory, factorization.lsi (TruncatedSVD). An AnnData
-    backed by an on-disk store (`anndata.read_h5ad(store, backed="r")`) is read from the store a block of cells at a
-    time (factorization.lsi_stored): a randomized SVD whose every product with the matrix is a pass over the store,
-    one pass for the weights and one per power iteration, and one for the scores.
+    The reference every comparison carries. In memory, `scatac.factorization.lsi` (scikit-learn's TruncatedSVD). An
+    AnnData backed by an on-disk store is read a block of cells at a time (`scatac.factorization.lsi_stored`): a
+    randomized SVD whose every product with the matrix is a pass over the store.
 
     Parameters
     ----------
-    adata : AnnData, cells x peaks counts in X (or `layer`), in memory or backed by a store.
-    latent_dim : the components kept (after the first is dropped).
-    layer : read adata.layers[layer] instead of X (in memory only).
-    seed : the random projection's.
-    transform : "tfidf" or "idf".
-    unit_variance : each component scaled to unit variance as Signac's RunSVD, or weighted by its singular value.
-    key_added : where the results go.
-    progress : from a store, a tqdm bar over each pass's blocks (ignored in memory).
+    adata : AnnData
+        Counts, cells x peaks, in `X` (or `layer`); in memory or backed by a store.
+    latent_dim : int
+        The components kept, after the first is dropped.
+    layer : str or None
+        Read `adata.layers[layer]` instead of `X` (in memory only).
+    seed : int
+        The random projection's seed.
+    transform : {'tfidf', 'idf'}
+        'tfidf': Signac's and ArchR's TF-IDF, log1p(TF x IDF x 1e4), without L2 normalization; 'idf': SnapATAC2's IDF
+        weighting with rows L2-normalized (the input of NMF and LSNMF by default).
+    unit_variance : bool
+        Scale each component to unit variance, as Signac's RunSVD does; False weights each by its singular value (U S).
+    key_added : str
+        Where the results go (below).
+    progress : bool
+        From a store, a tqdm bar over each pass's blocks (ignored in memory).
 
     Returns
     -------
-    None. Writes obsm["X_<key_added>"] (n_cells, latent_dim) float32 and uns[key_added]: method, params, seconds
-    and, from a store, streamed (True).
+    None
+
+    Writes
+    ------
+    obsm["X_<key_added>"]
+        (n_cells, latent_dim) float32 scores.
+    uns[key_added]
+        method ('LSI'), params (latent_dim, seed, transform, unit_variance, layer), seconds (fit_s) and, from a store,
+        streamed (True).
+
+    Raises
+    ------
+    scatac.InputError
+        `latent_dim`, `transform` or `layer` that breaks its rule.
     """
     seed = SEED.check(seed)
     if _is_backed(adata):
@@ -376,9 +650,40 @@ def lsi(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, transform: st
 
 
 def spectral(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: str = "SnapATAC2"):
-    """SnapATAC2's spectral embedding (`snapatac2.tl.spectral`, cosine similarity, every peak a feature), when installed.
+    """SnapATAC2's spectral embedding of the binarized counts, when snapatac2 is installed.
 
-    Writes obsm["X_SnapATAC2"] and uns["SnapATAC2"]. Raises ImportError without snapatac2.
+    `snapatac2.tl.spectral` with cosine similarity and every peak a feature, at `n_comps=latent_dim` (it may return
+    fewer components: it drops negative eigenvalues). A reference of compare.py (install with
+    `pip install -e ".[reference]"`).
+
+    Parameters
+    ----------
+    adata : AnnData
+        Counts, cells x peaks, in `X` (or `layer`), in memory.
+    latent_dim : int
+        The components asked for.
+    layer : str or None
+        Read `adata.layers[layer]` instead of `X`.
+    seed : int
+        SnapATAC2's random_state.
+    key_added : str
+        Where the results go (below).
+
+    Returns
+    -------
+    None
+
+    Writes
+    ------
+    obsm["X_<key_added>"]
+        (n_cells, n_components) float32, the spectral embedding.
+    uns[key_added]
+        method ('SnapATAC2'), params (latent_dim, seed), seconds (fit_s).
+
+    Raises
+    ------
+    ImportError
+        snapatac2 is not installed.
     """
     import anndata
     import snapatac2 as snap
@@ -401,18 +706,59 @@ FIT = {"AE": ae, "SparseAE": sparse_ae, "StackedAE": stacked_ae, "VAE": vae, "NM
 def cluster(adata, use_rep: str = "X_AE", *, labels_key: str | None = None, n_clusters: int | None = None,
             method: str = "kmeans", resolution: float | None = None, seed: int = 0, n_init: int = 10,
             neighbors_key: str | None = None, key_added: str = "cluster"):
-    """Clusters of `obsm[use_rep]` in the clustering space (features centred, cells L2-normalized), scored.
+    """Cluster `obsm[use_rep]` in the clustering space and score the clusters against the labels.
 
-    method "kmeans": K-means, k = n_clusters, or the number of label types when `labels_key` is given, else 8.
-    method "leiden": Leiden (igraph, modularity) on the 15-nearest-neighbour graph weighted as scanpy.pp.neighbors,
-    at `resolution`, or with the resolution bisected until it gives n_clusters (or the number of label types)
-    clusters, else at resolution 1.0. method "spectral": K-means (k as above) on the leading eigenvectors of that
-    graph, so that clusters follow neighbourhoods rather than global distances.
-    Writes obs[key_added] (categorical cluster ids) and uns[key_added]: params, scores (ARI, NMI, macro F1 and
-    accuracy after optimal matching, and knn_purity, with labels; silhouette always; n_clusters, n_cells; Leiden's
-    resolution) and, with labels, the confusion table (labels x clusters, clusters in matched order). Returns the
-    scores. neighbors_key: Leiden and spectral clustering cut the graph tl.neighbors stored there for the same
-    use_rep instead of building their own (several clusterings of one representation then search once).
+    The clustering space is the same for every method: each feature centred, each cell L2-normalized. Method 'kmeans':
+    K-means with k = `n_clusters`, or the number of label types with `labels_key`, else 8. Method 'leiden': Leiden
+    (igraph, modularity) on the 15-nearest-neighbour graph weighted as `scanpy.pp.neighbors` weighs it, at
+    `resolution`, or with the resolution bisected until it gives `n_clusters` (or the number of label types) clusters,
+    else at 1.0. Method 'spectral': K-means (k as above) on the leading eigenvectors of that graph, so that clusters
+    follow neighbourhoods rather than global distances. The one-call step the scripts use; `neighbors`, `leiden`,
+    `kmeans` and `score` are its steps one by one.
+
+    Parameters
+    ----------
+    adata : AnnData
+        With `obsm[use_rep]`, (n_cells, n_features).
+    use_rep : str
+        The representation to cluster.
+    labels_key : str or None
+        The obs column of the cell types to score against; None scores the silhouette only.
+    n_clusters : int or None
+        K of K-means and spectral clustering, the count Leiden's resolution is bisected to.
+    method : {'kmeans', 'leiden', 'spectral'}
+        The clustering.
+    resolution : float or None
+        Leiden's resolution; None bisects it (or takes 1.0 without labels and `n_clusters`).
+    seed : int
+        The clustering's random state.
+    n_init : int
+        K-means restarts.
+    neighbors_key : str or None
+        Leiden and spectral clustering cut the graph `neighbors` stored under this key (built on the same `use_rep`)
+        instead of building their own, so that several clusterings of one representation search once.
+    key_added : str
+        Where the results go (below).
+
+    Returns
+    -------
+    dict
+        The scores: with labels ARI, NMI, F1 (macro) and accuracy after the optimal one-to-one matching of clusters to
+        labels, and knn_purity (the share of each cell's 14 nearest neighbours that have its label); silhouette always;
+        n_clusters, n_cells; and Leiden's resolution.
+
+    Writes
+    ------
+    obs[key_added]
+        Categorical cluster ids, as strings.
+    uns[key_added]
+        params (use_rep, labels_key, method, n_clusters, seed, and n_init or resolution), scores (as returned) and, with
+        labels, confusion (a DataFrame, labels x clusters, clusters in matched order).
+
+    Raises
+    ------
+    scatac.InputError
+        No such `use_rep`, `labels_key` or graph, or an argument that breaks its rule.
     """
     import pandas as pd
 
@@ -437,22 +783,33 @@ def cluster(adata, use_rep: str = "X_AE", *, labels_key: str | None = None, n_cl
 
 
 def umap(adata, use_rep: str = "X_AE", *, seed: int = 0, key_added: str = "umap"):
-    """2-D UMAP (umap-learn) of `obsm[use_rep]` in the clustering space.
+    """A 2-D UMAP (umap-learn) of `obsm[use_rep]`, in the clustering space.
 
-    Above evaluate.UMAP_FIT_CELLS cells, UMAP is fitted on a random sample of that many cells (seeded) and the
-    others are placed by the fitted model's transform (evaluate.umap_coordinates; one line on stderr says so).
-    Reads only obsm[use_rep], so a backed AnnData's matrix stays on disk.
+    Above `scatac.evaluate.UMAP_FIT_CELLS` cells, UMAP is fitted on a random sample of that many cells (seeded) and
+    places the others with the fitted model's transform (one line on stderr says so). Reads only `obsm[use_rep]`, so a
+    backed AnnData's matrix stays on disk.
 
     Parameters
     ----------
-    adata : AnnData with obsm[use_rep] (n_cells, n_features).
-    use_rep : the representation to lay out. seed : UMAP's random_state and the sample's.
-    key_added : where the results go.
+    adata : AnnData
+        With `obsm[use_rep]`, (n_cells, n_features).
+    use_rep : str
+        The representation to lay out.
+    seed : int
+        UMAP's random_state, and the sample's.
+    key_added : str
+        Where the results go (below).
 
     Returns
     -------
-    None. Writes obsm["X_<key_added>"] (n_cells, 2) float32 and uns[key_added]: params (use_rep, seed) and, when
-    fitted on a sample, fitted_on (the cells in it).
+    None
+
+    Writes
+    ------
+    obsm["X_<key_added>"]
+        (n_cells, 2) float32 coordinates.
+    uns[key_added]
+        params (use_rep, seed) and, when fitted on a sample, fitted_on (the cells in it).
     """
     from . import evaluate as evaluate_module
 
@@ -484,11 +841,34 @@ def _graph_keys(key_added: str) -> tuple:
 def neighbors(adata, use_rep: str = "X_AE", *, n_neighbors: int = 15, seed: int = 0, key_added: str = "neighbors"):
     """The cells' nearest-neighbour graph in the clustering space of `obsm[use_rep]`, stored as scanpy stores its own.
 
-    Exact neighbours, weighted by UMAP's fuzzy simplicial set as scanpy.pp.neighbors weighs them (the graph
-    tl.leiden and tl.cluster's Leiden and spectral clustering cut). Writes obsp["distances"] and
-    obsp["connectivities"] (CSR, n_cells x n_cells; "<key_added>_distances" and "<key_added>_connectivities" under
-    another key_added) and uns[key_added] with their keys and the params (scanpy's layout: its tl.leiden reads the
-    graph through uns[neighbors_key]["connectivities_key"]); returns None.
+    Exact neighbours, weighted by UMAP's fuzzy simplicial set as `scanpy.pp.neighbors` weighs them: the graph
+    `leiden` and `cluster`'s Leiden and spectral clustering cut, and `scanpy.tl.leiden` reads.
+
+    Parameters
+    ----------
+    adata : AnnData
+        With `obsm[use_rep]`, (n_cells, n_features).
+    use_rep : str
+        The representation.
+    n_neighbors : int
+        Neighbours per cell, the cell itself counted (as scanpy counts them); at least 2.
+    seed : int
+        The fuzzy simplicial set's random state.
+    key_added : str
+        Where the results go (below).
+
+    Returns
+    -------
+    None
+
+    Writes
+    ------
+    obsp["distances"], obsp["connectivities"]
+        CSR (n_cells, n_cells) float32: each cell's nearest other cells with their distance, and the symmetric weights
+        in [0, 1] ("<key_added>_distances" and "<key_added>_connectivities" under another `key_added`).
+    uns[key_added]
+        distances_key, connectivities_key and params (n_neighbors, method, metric, use_rep, random_state): scanpy's
+        layout, read through `uns[neighbors_key]["connectivities_key"]`.
     """
     from .evaluate import cluster_space, neighbors as neighbor_matrices
 
@@ -506,9 +886,36 @@ def neighbors(adata, use_rep: str = "X_AE", *, n_neighbors: int = 15, seed: int 
 
 def kmeans(adata, use_rep: str = "X_AE", n_clusters: int = 8, *, seed: int = 0, n_init: int = 10,
            key_added: str = "kmeans"):
-    """K-means of `obsm[use_rep]` in the clustering space (each feature centred, each cell L2-normalized), the
-    clustering every method is scored with by default. Writes obs[key_added] (categorical cluster ids) and
-    uns[key_added] (params); returns None."""
+    """K-means of `obsm[use_rep]` in the clustering space (each feature centred, each cell L2-normalized).
+
+    The clustering every method is scored with by default.
+
+    Parameters
+    ----------
+    adata : AnnData
+        With `obsm[use_rep]`, (n_cells, n_features).
+    use_rep : str
+        The representation to cluster.
+    n_clusters : int
+        K.
+    seed : int
+        K-means' random state.
+    n_init : int
+        Restarts.
+    key_added : str
+        Where the results go (below).
+
+    Returns
+    -------
+    None
+
+    Writes
+    ------
+    obs[key_added]
+        Categorical cluster ids, as strings.
+    uns[key_added]
+        params (use_rep, n_clusters asked, seed, n_init, and n_clusters found).
+    """
     from .evaluate import cluster_space, kmeans as fit_kmeans
 
     _check_rep(adata, use_rep)
@@ -532,11 +939,41 @@ def _stored_graph(adata, neighbors_key: str, use_rep: str | None = None):
 
 def leiden(adata, resolution: float | None = 1.0, *, n_clusters: int | None = None, neighbors_key: str = "neighbors",
            seed: int = 0, key_added: str = "leiden"):
-    """Leiden (igraph, modularity) on the graph tl.neighbors (or scanpy.pp.neighbors) stored under `neighbors_key`.
+    """Leiden (igraph, modularity) on the graph `neighbors` (or `scanpy.pp.neighbors`) stored under `neighbors_key`.
 
-    At `resolution`; or, with `n_clusters` (and resolution None), the resolution bisected until Leiden gives that
-    many clusters. Writes obs[key_added] (categorical cluster ids) and uns[key_added] (params, the resolution
-    used); returns None.
+    At `resolution`; or, with `n_clusters` and `resolution=None`, the resolution bisected until Leiden gives that many
+    clusters (the protocol of Chen et al. 2019's benchmark of scATAC-seq methods).
+
+    Parameters
+    ----------
+    adata : AnnData
+        With a neighbour graph under `uns[neighbors_key]`.
+    resolution : float or None
+        Leiden's resolution; None bisects it to `n_clusters`.
+    n_clusters : int or None
+        The number of clusters to bisect the resolution to.
+    neighbors_key : str
+        Where `neighbors` stored the graph.
+    seed : int
+        Leiden's random state.
+    key_added : str
+        Where the results go (below).
+
+    Returns
+    -------
+    None
+
+    Writes
+    ------
+    obs[key_added]
+        Categorical cluster ids, as strings.
+    uns[key_added]
+        params (neighbors_key, resolution used, seed, n_clusters found).
+
+    Raises
+    ------
+    scatac.InputError
+        No graph under `neighbors_key`, or neither `resolution` nor `n_clusters`.
     """
     from .evaluate import as_igraph, leiden as fit_leiden
 
@@ -558,13 +995,35 @@ def _write_clusters(adata, clusters, key_added: str, params: dict):
 
 
 def score(adata, cluster_key: str, labels_key: str = "label", *, use_rep: str | None = None, seed: int = 0) -> dict:
-    """Scores of any clustering in obs[cluster_key] (this package's, scanpy's Leiden, a user's own) against the
-    labels in obs[labels_key].
+    """Score any clustering in `obs[cluster_key]` against the labels in `obs[labels_key]`.
 
-    Returns a dict: ARI, NMI, macro F1 and accuracy after the optimal one-to-one matching of clusters to
-    labels, n_clusters, and with `use_rep` the silhouette of the clusters in that representation's clustering
-    space (on at most 10,000 cells) and knn_purity, the share of each cell's 14 nearest neighbours there that
-    share its label. Writes nothing: a score, like scikit-learn's metrics, is returned to the caller.
+    This package's clusters, scanpy's Leiden, or a clustering of your own: any obs column. Nothing is written: as
+    scikit-learn's metrics, the scores are returned to the caller.
+
+    Parameters
+    ----------
+    adata : AnnData
+        With both obs columns (and `obsm[use_rep]` when given).
+    cluster_key : str
+        The obs column of the clusters (any labels: they are compared as strings).
+    labels_key : str
+        The obs column of the cell types.
+    use_rep : str or None
+        A representation whose clustering space the silhouette and the neighbours' label purity are taken in.
+    seed : int
+        The silhouette's sample (at most 10,000 cells).
+
+    Returns
+    -------
+    dict
+        ARI, NMI, F1 (macro) and accuracy after the optimal one-to-one matching of clusters to labels, n_clusters,
+        and with `use_rep` the silhouette of the clusters and knn_purity (the share of each cell's 14 nearest
+        neighbours that have its label).
+
+    Raises
+    ------
+    scatac.InputError
+        No such obs column or representation.
     """
     from .evaluate import cluster_space, knn_purity, score_clusters
 

@@ -32,15 +32,30 @@ REPORT_BATCH = 64  # the full loss is taken on a (64, n_peaks) block at a time
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What one train() call asks of the loop, each value from the method's card (params.py declares the options,
-    methods.py gives each its default there); frozen, so a phase that trains otherwise says so with
-    dataclasses.replace (StackedAE's pretraining: its own epochs, no neighbour term, no early stopping).
+    """What one train() call asks of the loop, each value from the method's card.
 
-    epochs: passes over the data; batch_size: cells per step, or 'auto' (auto_batch_size); lr, weight_decay: Adam's;
-    decoder ('auto', 'full', 'sampled') and negatives (a count '2000' or a ratio '2x'): the likelihood's
-    (configure_decoder); neighbor_weight: the neighbour term's weight (0: off); early_stopping, with patience and
-    validation_fraction: hold that share of the cells out and stop once their loss has not improved for patience
-    epochs.
+    `scatac.params` declares the options, `scatac.methods` gives each its default there; frozen, so that a phase that
+    trains otherwise says so with dataclasses.replace (StackedAE's pretraining: its own epochs, no neighbour term, no
+    early stopping).
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the data.
+    batch_size : int or str
+        Cells per step, or 'auto' (`auto_batch_size`).
+    lr, weight_decay : float
+        Adam's.
+    decoder : {'auto', 'full', 'sampled'}
+        The likelihood (`configure_decoder`).
+    negatives : str
+        The sampled decoder's peaks per batch: a count ('2000') or a ratio to a cell's open peaks ('2x').
+    neighbor_weight : float
+        The neighbour term's weight (0: off).
+    early_stopping : bool
+        Hold `validation_fraction` of the cells out and stop once their loss has not improved for `patience` epochs.
+    patience : int
+    validation_fraction : float
     """
 
     epochs: int
@@ -56,27 +71,63 @@ class TrainConfig:
 
     @classmethod
     def from_options(cls, options: Mapping, epochs: int) -> "TrainConfig":
-        """The config of a method's checked options (params.Options.resolve: every one present), training for
-        `epochs` (a card names its epochs option: StackedAE has two)."""
+        """The config of a method's checked options, training for `epochs`.
+
+        Parameters
+        ----------
+        options : mapping
+            Every option, checked (`scatac.params.Options.resolve`).
+        epochs : int
+            The epochs of this training (a card names its epochs option: StackedAE has two).
+
+        Returns
+        -------
+        TrainConfig
+        """
         return cls(epochs=epochs, **{f.name: options[f.name] for f in fields(cls) if f.name != "epochs"})
 
 
 def held_out_cells(n_cells: int, fraction: float, seed: int) -> np.ndarray:
-    """The cells early stopping keeps out of training (sorted), the same for a seed whatever the model."""
+    """The cells early stopping keeps out of training, the same for a seed whatever the model.
+
+    Parameters
+    ----------
+    n_cells : int
+        The cells.
+    fraction : float
+        The share held out (at least one cell, at most all but one).
+    seed : int
+        The draw's seed.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted cell indices.
+    """
     n_held = min(max(1, round(fraction * n_cells)), n_cells - 1)
     return np.sort(np.random.default_rng([seed, 7]).permutation(n_cells)[:n_held])
 
 
 def auto_batch_size(n_cells: int, epochs: int, sampled: bool) -> int:
-    """batch_size 'auto': 64; with the sampled decoder, a power of two from 64 to 1024 that keeps about
-    8 steps an epoch and at least MIN_STEPS steps in the training phase.
+    """batch_size 'auto': 64; with the sampled decoder, a power of two from 64 to 1024.
 
-    A step's fixed cost (Adam over the two n_peaks x 512 matrices, their zeroed gradients) is paid
-    per batch, so fewer, larger batches amortize it. With the sampled decoder ARI held down to about
-    8 steps an epoch while a phase kept some 400 steps (3 seeds: AE on hemato4k 0.388 at 512 cells a
-    batch against 0.379 at 64; its 2,000-cell subset 0.370 at 256 but 0.350 at 512, 4 steps an
-    epoch; StackedAE's 5-epoch pretraining at 512, 40 steps a layer, lost 0.09). The full decoder
-    was tuned at 64.
+    With the sampled decoder it keeps about 8 steps an epoch and at least `MIN_STEPS` steps in the training phase. A
+    step's fixed cost (Adam over the two n_peaks x 512 matrices, their zeroed gradients) is paid per batch, so fewer,
+    larger batches amortize it; the bounds are where the ARI held when measured (the documentation's benchmarks page,
+    "The sampled decoder"). The full decoder was tuned at 64.
+
+    Parameters
+    ----------
+    n_cells : int
+        The cells trained on.
+    epochs : int
+        The training phase's epochs.
+    sampled : bool
+        Whether the model uses the sampled decoder.
+
+    Returns
+    -------
+    int
     """
     if not sampled:
         return 64
@@ -89,20 +140,50 @@ MIN_STEPS = 400
 
 
 def negatives_per_batch(negatives: str, data: TrainData) -> int:
-    """The `negatives` option as a number of peaks: a count ('2000'), or a ratio to the open peaks of a cell ('4x')."""
+    """The `negatives` option as a number of peaks.
+
+    Parameters
+    ----------
+    negatives : str
+        A count ('2000'), or a ratio to the open peaks of a cell ('4x').
+    data : scatac.batches.TrainData
+        The cells (their mean open peaks).
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
     if negatives.endswith("x"):
         return max(1, round(float(negatives[:-1]) * data.nnz / max(data.n_cells, 1)))
     return int(negatives)
 
 
-# Below this many cells the sampled decoder lost ARI for the methods trained in few steps (3 seeds: hemato600 and
-# schep600 against hemato4k and a 2,000-cell subset of it; README "Scale"); the full decoder is cheap there anyway.
+# Below this many cells the sampled decoder lost ARI for the methods trained in few steps (measured on the labelled
+# sets, docs/benchmarks.md "The sampled decoder"); the full decoder is cheap there anyway.
 SAMPLED_FROM_CELLS = 2000
 
 
 def decoder_for(data: TrainData, decoder: str, negatives: str) -> str:
-    """The decoder a fit uses: 'full' or 'sampled' as asked; 'auto' takes the sampled one from SAMPLED_FROM_CELLS
-    cells on, and only where a step computes fewer than half the logits of the full one (sparse data)."""
+    """The decoder a fit uses: 'full' or 'sampled' as asked, or what 'auto' decides for these cells.
+
+    'auto' takes the sampled one from `SAMPLED_FROM_CELLS` cells on, and only where a step computes fewer than half the
+    logits of the full one (sparse data).
+
+    Parameters
+    ----------
+    data : scatac.batches.TrainData
+        The cells.
+    decoder : {'auto', 'full', 'sampled'}
+        The option.
+    negatives : str
+        The sampled decoder's negatives option.
+
+    Returns
+    -------
+    str
+        'full' or 'sampled'.
+    """
     if decoder != "auto":
         return decoder
     logits_per_cell = data.nnz / max(data.n_cells, 1) + negatives_per_batch(negatives, data)
@@ -110,8 +191,21 @@ def decoder_for(data: TrainData, decoder: str, negatives: str) -> str:
 
 
 def configure_decoder(model, data: TrainData, config: TrainConfig, device):
-    """Give every nn.PeakOutput of `model` an nn.PeakSampler (on `device`) when config.decoder resolves to
-    'sampled' (decoder_for); with 'full' the model keeps the full Bernoulli loss."""
+    """Give every PeakOutput of the model a PeakSampler when the decoder resolves to 'sampled'.
+
+    With 'full' (`decoder_for`) the model keeps the full Bernoulli loss.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The autoencoder.
+    data : scatac.batches.TrainData
+        The cells (their open frequencies).
+    config : TrainConfig
+        Its decoder and negatives.
+    device : torch.device
+        Where the sampler draws.
+    """
     if decoder_for(data, config.decoder, config.negatives) == "full":
         return
     from .nn import PeakOutput, PeakSampler
@@ -125,9 +219,19 @@ def configure_decoder(model, data: TrainData, config: TrainConfig, device):
 
 @dataclass
 class Fitted:
-    """What a method's fit returns: features (n_cells, latent_dim) float32 in cell order, the trained
-    model, its loss per epoch (one dict per epoch: phase, epoch, loss and its terms), and what else
-    the fit wants recorded (e.g. the VAE's prior)."""
+    """What a method's fit returns.
+
+    Attributes
+    ----------
+    features : numpy.ndarray
+        (n_cells, latent_dim) float32, in cell order.
+    model : torch.nn.Module
+        The trained model.
+    history : list of dict
+        Its loss per epoch: phase, epoch, loss and its terms.
+    extra : dict
+        What else the fit wants recorded (the VAE's prior).
+    """
 
     features: np.ndarray
     model: object = None
@@ -136,8 +240,8 @@ class Fitted:
 
 
 def make_adam(params, lr: float, weight_decay: float, device):
-    """Adam with torch's fused kernel where the device has one: on CPU it cut the step over an
-    AE's two 100,000 x 512 matrices from 0.62 s to 0.09 s (bench/scale.py, issue 7)."""
+    """Adam with torch's fused kernel where the device has one: on CPU it cut the step over an AE's two
+    100,000 x 512 matrices several-fold (bench/scale.py; docs/benchmarks.md, "Scale")."""
     import torch
 
     if device.type in ("cpu", "cuda"):
@@ -156,19 +260,33 @@ def training_cells(n_cells: int, validation_fraction: float, seed: int) -> tuple
 
 @dataclass
 class Trainer:
-    """Where and how models are trained.
+    """Where and how models are trained: Adam over shuffled sparse mini-batches, then encoding.
 
-    device: a torch.device (None: cuda, then mps, then cpu). progress: show a bar per training
-    phase; leave_progress False makes each bar vanish when done (runs under another bar).
-    max_batches: train only the first N mini-batches of each epoch (bench/scale.py's time per
-    batch). calls: one record per train() call (Timing): its phase, epochs, seconds, and the seconds and
-    number of the batches after the first of each epoch (the first pays one-off costs).
-    callbacks: Callbacks added to every train() call, after the trainer's own.
-    world: the processes training together (scatac.distributed.World; default: the process group this process
-    has joined under torchrun, else a world of one). With several, each trains on its own shard of the cells
-    with batch_size / world.size cells a step under DistributedDataParallel, the records are summed over the
-    ranks and `encode` gathers every rank's cells; only rank 0 shows progress. shards: what each train()
-    call's sharding was (world_size, cells_per_rank, cells_on_two_ranks), the last call's.
+    compare.py and bench/scale.py pass their own Trainer (progress bars that vanish, a limit on batches, the timing of
+    each call) instead of changing module state. Under several processes (torchrun) each process trains on its own
+    shard of the cells with batch_size / world.size cells a step under DistributedDataParallel, the records are summed
+    over the ranks and `encode` gathers every rank's cells; only rank 0 shows progress.
+
+    Parameters
+    ----------
+    device : torch.device or None
+        Where to train (None: cuda, then mps, then cpu).
+    progress : bool
+        Show a bar per training phase.
+    leave_progress : bool
+        False makes each bar vanish when done (runs under another bar).
+    max_batches : int or None
+        Train only the first N mini-batches of each epoch (bench/scale.py's time per batch).
+    calls : list
+        One record per train() call (`scatac.callbacks.Timing`): its phase, epochs, seconds, and the seconds and number
+        of the batches after the first of each epoch (the first pays one-off costs).
+    callbacks : list of scatac.callbacks.Callback
+        Added to every train() call, after the trainer's own.
+    world : scatac.distributed.World or None
+        The processes training together (default: the process group this process has joined under torchrun, else a
+        world of one).
+    shards : dict or None
+        What the last train() call's sharding was (world_size, cells_per_rank, cells_on_two_ranks).
     """
 
     device: object = None
@@ -190,10 +308,29 @@ class Trainer:
 
     def batch_source(self, data: TrainData, batch_size: int, seed: int, training_rows: np.ndarray | None,
                      neighbor_weight: float) -> BatchSource:
-        """The batches train() draws from unless given its own: shuffled in memory over `training_rows`
-        (None: every cell), each cell paired with a reference neighbour when the neighbour term is on; a store's
-        cells (streamed.StoredData) streamed in shuffled blocks. Under several processes, this rank's shard of
-        those cells (distributed.shard), batch_size / world.size cells a step."""
+        """The batches train() draws from unless given its own.
+
+        Shuffled in memory over `training_rows`, each cell paired with a reference neighbour when the neighbour term is
+        on; a store's cells (`scatac.streamed.StoredData`) streamed in shuffled blocks. Under several processes, this
+        rank's shard of those cells (`scatac.distributed.shard`), batch_size / world.size cells a step.
+
+        Parameters
+        ----------
+        data : scatac.batches.TrainData
+            The cells.
+        batch_size : int
+            The global batch.
+        seed : int
+            The order's seed.
+        training_rows : numpy.ndarray or None
+            The cells to train on (None: every cell).
+        neighbor_weight : float
+            The neighbour term's weight (0: no pairs).
+
+        Returns
+        -------
+        scatac.batches.BatchSource
+        """
         from . import distributed
 
         neighbors = data.neighbors if neighbor_weight > 0 else None
@@ -211,10 +348,28 @@ class Trainer:
                                [seed, self.world.rank], rows, neighbors, self.max_batches)
 
     def step_loss(self, model, loss_fn: Callable, neighbor_weight: float, seed: int, partial: bool = False):
-        """What a step calls for its loss and terms: nn.StepLoss, wrapped in DistributedDataParallel under several
-        processes. `partial`: the call trains part of the model (StackedAE's pretraining); then, and where the model
-        says some of its parameters wait (the VAE's prior, until its warm-up ends), DDP looks for parameters without
-        a gradient after each step, a traversal of the graph it otherwise skips."""
+        """What a step calls for its loss and terms: `scatac.nn.StepLoss`, in DistributedDataParallel under torchrun.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The autoencoder.
+        loss_fn : callable
+            `loss_fn(model, batch, epoch)`.
+        neighbor_weight : float
+            The neighbour term's weight.
+        seed : int
+            Under several processes, each rank's own random streams come from it.
+        partial : bool
+            The call trains part of the model (StackedAE's pretraining); then, and where the model says some of its
+            parameters wait (the VAE's prior, until its warm-up ends), DDP looks for parameters without a gradient after
+            each step.
+
+        Returns
+        -------
+        torch.nn.Module
+            Called as step(batch, pairs, epoch) -> (loss, terms).
+        """
         from .nn import StepLoss
 
         step = StepLoss(model, loss_fn, neighbor_weight)
@@ -236,37 +391,53 @@ class Trainer:
     def train(self, model, data: TrainData, config: TrainConfig, seed: int, *, loss_fn: Callable | None = None,
               parameters=None, phase: str = "train", epoch_callback: Callable | None = None, min_epochs: int = 0,
               callbacks: list = (), batches: BatchSource | None = None) -> list:
-        """Adam over shuffled mini-batches for `config.epochs` passes; returns one record per epoch.
+        """Adam over shuffled mini-batches for `config.epochs` passes.
+
+        A sampled decoder's records report the full loss (`scatac.callbacks.FullLossReport`); with
+        `config.early_stopping`, `config.validation_fraction` of the cells (`held_out_cells`) are left out of training
+        and their loss is each record's "validation_loss" (`scatac.callbacks.EarlyStopping`). Neighbour term, with
+        `config.neighbor_weight` > 0 and `data.neighbors`: each cell of a batch is paired with one of its reference
+        neighbours (`scatac.batches.draw_neighbors`); the features of both (`model.embed`, the neighbour's without a
+        gradient: a fixed target) give the record's "neighbor" ratio (`scatac.nn.neighbor_ratio`), and the loss
+        minimized becomes loss + neighbor_weight x ratio x loss, the last factor held fixed: the term is weighed against
+        the reconstruction's own size, which differs a hundredfold between data sets, so that one weight holds on all.
 
         Parameters
         ----------
-        model : torch.nn.Module with `loss(batch, epoch=...)` and `embed(batch)`.
-        data : the cells (TrainData, or any source of `data.batch(rows, device)`).
-        config : TrainConfig: epochs, batch_size ('auto': auto_batch_size), lr, weight_decay, the neighbour term's
-            weight and early stopping's patience and validation_fraction.
-        seed : the seed of the batches' order and of early stopping's held-out cells.
-        loss_fn : `loss_fn(model, batch, epoch)` returns a dict of scalar tensors whose "loss" entry is minimized
-            (the others are logged); default `model.loss(batch, epoch=epoch)`.
-        parameters : what is trained (default: all of the model's).
-        phase : the records' and Trainer.calls' name of this call.
-        epoch_callback : `epoch_callback(epoch, record)` after each epoch (EpochFunction).
-        min_epochs : early stopping stops no earlier (the VAE's KL warm-up, while the loss still changes meaning).
-        callbacks : Callbacks of this call, after the trainer's own and its `callbacks`.
-        batches : replaces the trainer's batch_source (the held-out split is then its own).
+        model : torch.nn.Module
+            With `loss(batch, epoch=...)` and `embed(batch)`.
+        data : scatac.batches.TrainData
+            The cells (or any source of `data.batch(rows, device)`).
+        config : TrainConfig
+            epochs, batch_size ('auto': `auto_batch_size`), lr, weight_decay, the neighbour term's weight and early
+            stopping's patience and validation_fraction.
+        seed : int
+            The batches' order and early stopping's held-out cells.
+        loss_fn : callable or None
+            `loss_fn(model, batch, epoch)` returns a dict of scalar tensors whose "loss" entry is minimized (the others
+            are logged); default `model.loss(batch, epoch=epoch)`.
+        parameters : iterable of torch.nn.Parameter or None
+            What is trained (default: all of the model's).
+        phase : str
+            The records' and `calls`' name of this call.
+        epoch_callback : callable or None
+            `epoch_callback(epoch, record)` after each epoch (`scatac.callbacks.EpochFunction`).
+        min_epochs : int
+            Early stopping stops no earlier (the VAE's KL warm-up, while the loss still changes meaning).
+        callbacks : list of scatac.callbacks.Callback
+            This call's own, after the trainer's.
+        batches : scatac.batches.BatchSource or None
+            Replaces `batch_source` (the held-out split is then its own).
 
         Returns
         -------
-        list of dict: per epoch, phase, epoch and the batch-size-weighted mean of each term. A sampled decoder's
-        records report the full loss (FullLossReport); with config.early_stopping, config.validation_fraction of the
-        cells (held_out_cells) are left out of training and their loss is each record's "validation_loss"
-        (EarlyStopping).
+        list of dict
+            Per epoch: phase, epoch and the batch-size-weighted mean of each term.
 
-        Neighbour term, with config.neighbor_weight > 0 and `data.neighbors`: each cell of a batch is paired with one
-        of its reference neighbours (batches.draw_neighbors); the features of both (`model.embed`, the
-        neighbour's without a gradient: a fixed target) give the record's "neighbor" ratio
-        (nn.neighbor_ratio), and the loss minimized becomes loss + neighbor_weight * ratio * loss, the
-        last factor held fixed in the step: the term is weighed against the reconstruction's own size,
-        which differs a hundredfold between data sets, so that one weight holds on all.
+        Raises
+        ------
+        scatac.TrainingFailed
+            The loss became NaN or infinite.
         """
         from .nn import sampled_outputs
 
@@ -316,9 +487,27 @@ class Trainer:
         return state.history
 
     def epoch_steps(self, state: TrainState, optimizer, callbacks: list, step) -> dict:
-        """One epoch's optimizer steps, on the batches state.batches yields for state.epoch, each followed by the
-        callbacks' on_batch_end; `step(batch, pairs, epoch)` gives the loss and its terms (step_loss). Returns each
-        term's batch-size-weighted mean over the epoch, over every rank's cells (train()'s record)."""
+        """One epoch's optimizer steps, on the batches `state.batches` yields for `state.epoch`.
+
+        Each step is followed by the callbacks' on_batch_end; `step(batch, pairs, epoch)` gives the loss and its terms
+        (`step_loss`).
+
+        Parameters
+        ----------
+        state : scatac.callbacks.TrainState
+            The call.
+        optimizer : torch.optim.Optimizer
+            Adam.
+        callbacks : list of scatac.callbacks.Callback
+            The call's callbacks.
+        step : callable
+            From `step_loss`.
+
+        Returns
+        -------
+        dict
+            Each term's batch-size-weighted mean over the epoch, over every rank's cells (train()'s record).
+        """
         import torch
 
         from . import distributed
@@ -345,9 +534,29 @@ class Trainer:
         return {k: float(v) / max(seen, 1) for k, v in sums.items()}
 
     def full_loss(self, model, data: TrainData, rows: np.ndarray, loss_fn: Callable, epoch: int) -> dict:
-        """The loss terms with every peak's logit, on `rows`, in the model's current mode (training: as the full
-        decoder's records; eval: early stopping's held-out loss), without a gradient and without touching the
-        random streams of training."""
+        """The loss terms with every peak's logit, on some cells, without a gradient.
+
+        In the model's current mode (training: as the full decoder's records; eval: early stopping's held-out loss), and
+        without touching the random streams of training.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The model.
+        data : scatac.batches.TrainData
+            The cells.
+        rows : numpy.ndarray
+            Which cells.
+        loss_fn : callable
+            `loss_fn(model, batch, epoch)`.
+        epoch : int
+            The epoch the loss is taken in.
+
+        Returns
+        -------
+        dict
+            {term: mean over the cells}.
+        """
         import torch
 
         from .nn import full_decoder
@@ -361,8 +570,25 @@ class Trainer:
         return {k: v / len(rows) for k, v in sums.items()}
 
     def encode(self, model, data: TrainData, batch_size: int = 1024) -> np.ndarray:
-        """`model.embed(batch)` over every cell in order: (n_cells, latent_dim) float32. Under several processes each
-        rank encodes its own contiguous part of the cells and every rank gets them all (distributed.gather_rows)."""
+        """`model.embed(batch)` over every cell, in order: the features.
+
+        Under several processes each rank encodes its own contiguous part of the cells and every rank gets them all
+        (`scatac.distributed.gather_rows`).
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The trained model.
+        data : scatac.batches.TrainData
+            The cells.
+        batch_size : int
+            Cells encoded at a time.
+
+        Returns
+        -------
+        numpy.ndarray
+            (n_cells, latent_dim) float32.
+        """
         import torch
 
         from . import distributed
@@ -378,3 +604,7 @@ class Trainer:
         if not self.world.is_distributed:
             return features
         return distributed.gather_rows(features, own, data.n_cells, self.world)
+
+
+__all__ = ["Trainer", "TrainConfig", "Fitted", "auto_batch_size", "decoder_for", "configure_decoder",
+           "negatives_per_batch", "held_out_cells"]

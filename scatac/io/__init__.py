@@ -27,7 +27,20 @@ __all__ = ["read", "read_matrix", "read_labels", "peek_shape", "make_unique", "w
 
 
 def make_unique(names: Sequence[str]) -> tuple[list, int]:
-    """anndata's obs_names_make_unique: second 'x' becomes 'x-1', third 'x-2', ..."""
+    """anndata's obs_names_make_unique: the second 'x' becomes 'x-1', the third 'x-2', and so on.
+
+    Parameters
+    ----------
+    names : sequence of str
+        The names, in order.
+
+    Returns
+    -------
+    names : list of str
+        The names made unique, in the same order (a new name never collides with an existing one).
+    n_changed : int
+        How many were renamed.
+    """
     seen, counts, out, n_changed = set(names), {}, [], 0
     first = set()
     for name in names:
@@ -69,8 +82,8 @@ def _counts_note(matrix: Matrix, path) -> tuple:
         return ()
     totals = matrix.obs[column].to_numpy(dtype=np.float64)
     sums = np.asarray(matrix.X.sum(axis=1)).ravel()
-    # counts in real scATAC-seq hold 2s and more (22-44% of the total on ../shared/data): a 0/1 X missing more than
-    # 5% of the cell's total in most cells is binarized counts, not the counts
+    # counts in real scATAC-seq hold values above 1, a sizeable share of the total (docs/benchmarks.md, "Defaults of
+    # the methods"): a 0/1 X missing more than a twentieth of the cell's total in most cells is binarized counts
     if np.median((totals - sums) / np.maximum(totals, 1)) <= 0.05:
         return ()
     return (f"warning: {path}: {where} holds only 0/1 where obs[{column!r}] counts more per cell (median "
@@ -80,18 +93,61 @@ def _counts_note(matrix: Matrix, path) -> tuple:
 def read(path, labels=None, label_key: str | None = None, layer: str | None = None, modality: str | None = None,
          use_selected: bool = False, peaks=None, tile_size: int | None = None, barcodes=None, min_fragments: int = 200,
          counting: str = "paired-insertion", verbose: bool = True):
-    """Read a peak-by-cell count matrix (any supported layout) into an AnnData, as scanpy's readers do.
+    """Read a peak-by-cell count matrix, in any layout the suite knows, into an AnnData, as scanpy's readers do.
 
-    X: (n_cells, n_peaks) CSR float32 counts, canonical (sorted, no duplicates, no stored zeros).
-    obs_names are the barcodes (made unique with a warning, as anndata's obs_names_make_unique);
-    var_names the peaks; an .h5ad keeps its own obs and var columns. With `labels` (a file) or
-    `label_key` (an obs column of an .h5ad), `obs["label"]` holds each cell's label.
-    An AnnData (.h5ad) or MuData (.h5mu, the `modality` default "atac") gives `adata.layers[layer]` instead of X
-    when `layer` is set, and only its `var["selected"]` peaks with `use_selected` (SnapATAC2's select_features).
-    A fragment file (fragments.tsv.gz) is counted in the `peaks` of a BED file or in bins of `tile_size` bases,
-    for the `barcodes` of a file or those with >= `min_fragments` fragments, by `counting` (scatac.io.fragments).
-    `uns["scatac"]["source"]` records the path, which later messages name; `uns["scatac"]["read_notes"]` what
-    the reader set aside (a Multiome file's Gene Expression features), printed unless `verbose` is False.
+    The layout is detected from the path: a 10x or SCALE folder, a Matrix Market file, Cell Ranger's `.h5` (a Multiome
+    file's Peaks only), an AnnData `.h5ad`, a MuData `.h5mu`, a dense peaks x cells table, or a fragment file
+    (`fragments.tsv.gz`, counted as SnapATAC2's make_peak_matrix counts it). Every file is checked before the matrix is
+    built, so a broken input is one InputError naming it.
+
+    Parameters
+    ----------
+    path : str or Path
+        The input.
+    labels : str, Path or None
+        A labels file: `barcode<TAB>label` lines (joined by barcode) or one label per line in cell order.
+    label_key : str or None
+        An obs column of an `.h5ad` holding the labels, instead of a file.
+    layer : str or None
+        `.h5ad` / `.h5mu`: read `layers[layer]` instead of `X` (muon and Signac leave TF-IDF in `X`).
+    modality : str or None
+        `.h5mu`: the modality to read (default 'atac').
+    use_selected : bool
+        `.h5ad` / `.h5mu`: keep only the peaks of `var["selected"]` (SnapATAC2's select_features).
+    peaks : str, Path or None
+        Fragment file: a BED file of the peaks to count in.
+    tile_size : int or None
+        Fragment file: count in fixed-width bins of this many bases instead (SnapATAC2's add_tile_matrix uses 500).
+    barcodes : str, Path or None
+        Fragment file: a file of the cells to keep (one per line, first column), in its order.
+    min_fragments : int
+        Fragment file without `barcodes`: a barcode is a cell from this many fragments (chrM not counted).
+    counting : {'paired-insertion', 'insertion', 'fragment'}
+        Fragment file: what counts 1 in a peak (`scatac.io.fragments`).
+    verbose : bool
+        Print what the reader set aside and any warning about values that do not look like counts.
+
+    Returns
+    -------
+    AnnData
+        `X`: (n_cells, n_peaks) CSR float32 counts, canonical (sorted, no duplicates, no stored zeros); obs_names the
+        barcodes (made unique with a warning, as anndata's obs_names_make_unique); var_names the peaks; an `.h5ad`
+        keeps its own obs and var columns.
+
+    Writes
+    ------
+    obs["label"]
+        Each cell's label, categorical, with `labels` or `label_key`.
+    uns["scatac"]["source"]
+        The path, which later messages name.
+    uns["scatac"]["read_notes"]
+        What the reader set aside (a Multiome file's Gene Expression features) and its warnings.
+
+    Raises
+    ------
+    scatac.InputError
+        A missing or unreadable input, a header that disagrees with its files, negative or NaN values, labels that do
+        not match the barcodes or cannot be cell types.
     """
     matrix = read_matrix(path, layer=layer, modality=modality, use_selected=use_selected, peaks=peaks,
                          tile_size=tile_size, barcodes=barcodes, min_fragments=min_fragments, counting=counting)
@@ -119,7 +175,26 @@ def read(path, labels=None, label_key: str | None = None, layer: str | None = No
 
 
 def write_10x(folder, X: sp.csr_matrix, barcodes, peaks, labels=None):
-    """Write cells x peaks X as a 10x-style folder: matrix.mtx.gz (peaks x cells), peaks.txt, barcodes.txt, labels.txt."""
+    """Write cells x peaks counts as a 10x-style folder, which every script reads as Cell Ranger output.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Created if missing; gets matrix.mtx.gz (peaks x cells, integers), peaks.txt, barcodes.txt and, with labels,
+        labels.txt (`barcode<TAB>label`).
+    X : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) counts.
+    barcodes : sequence of str
+        (n_cells,) the cells' names.
+    peaks : sequence of str
+        (n_peaks,) the peaks' names.
+    labels : sequence of str or None
+        (n_cells,) the cells' labels.
+
+    Returns
+    -------
+    None
+    """
     import scipy.io
 
     folder = Path(folder)

@@ -47,12 +47,34 @@ def _joined(rows: list, barcodes: Sequence[str], path: Path, source) -> np.ndarr
 
 def read_labels(barcodes: Sequence[str], labels_path=None, obs=None, label_key: str | None = None,
                 source="data") -> np.ndarray | None:
-    """One label per cell, in cell order, or None when neither `labels_path` nor `label_key` is given.
+    """One label per cell, in cell order, from a labels file or an obs column.
 
-    A labels file holds `barcode<TAB>label` lines (a header line is fine), joined by barcode, or one
-    label per line in cell order. Lines without a tab that split into a barcode and one word are
-    read as `barcode label` with a warning. Labels that cannot be cell types (about one per cell, or
-    the barcodes themselves) are refused. `label_key` takes a column of an .h5ad's obs instead.
+    A labels file holds `barcode<TAB>label` lines (a header line is fine), joined by barcode, or one label per line in
+    cell order. Lines without a tab that split into a barcode and one word are read as `barcode label` with a warning.
+    Labels that cannot be cell types (about one per cell, or the barcodes themselves) are refused.
+
+    Parameters
+    ----------
+    barcodes : sequence of str
+        (n_cells,) the cells, in order.
+    labels_path : str, Path or None
+        The labels file.
+    obs : pandas.DataFrame or None
+        An `.h5ad`'s obs, for `label_key`.
+    label_key : str or None
+        The obs column holding the labels, instead of a file.
+    source : str
+        What an error names.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        (n_cells,) labels as strings; None when neither `labels_path` nor `label_key` is given.
+
+    Raises
+    ------
+    scatac.InputError
+        Labels that do not match the barcodes, or cannot be cell types.
     """
     if label_key is not None:
         if obs is None:

@@ -111,30 +111,38 @@ def write_store(blocks: Iterable, path, *, barcodes, peaks, obs=None, var=None, 
                 dtype=np.float32, compression: str | None = None, progress: bool = True) -> Path:
     """Write cells x peaks counts, given as CSR blocks of consecutive rows, into a store (an .h5ad) at `path`.
 
+    The store is written to a temporary file beside `path` and renamed into place once complete: a failure at any point
+    (a bad block, an interrupt) leaves no partial file and an earlier store as it was.
+
     Parameters
     ----------
-    blocks : iterable of CSR (rows, n_peaks)
-        The cells' rows in order, any number of rows each; read once, each block written and let go.
-    path : path of the store to write; its folder must exist.
-    barcodes : sequence of str, (n_cells,)
-        The cells' names: obs's index. Their number is the number of rows `blocks` must give.
-    peaks : sequence of str, (n_peaks,)
-        The peaks' names: var's index.
-    obs, var : DataFrame or None
+    blocks : iterable of scipy.sparse.csr_matrix
+        (rows, n_peaks) each: the cells' rows in order, any number of rows each; read once, each block written and
+        let go.
+    path : str or Path
+        The store to write; its folder must exist.
+    barcodes : sequence of str
+        (n_cells,) the cells' names: obs's index. Their number is the number of rows `blocks` must give.
+    peaks : sequence of str
+        (n_peaks,) the peaks' names: var's index.
+    obs, var : pandas.DataFrame or None
         Per-cell and per-peak columns to keep (their index is replaced by `barcodes` and `peaks`).
-    labels : (n_cells,) array or None
-        Cell types, written as the categorical obs["label"].
+    labels : numpy.ndarray or None
+        (n_cells,) cell types, written as the categorical obs["label"].
     uns : dict or None
         Written as the file's uns.
-    dtype : the values' type on disk (float32 by default, as `scatac.read` gives counts; uint8 holds 0/1 counts
-        in a quarter of the space).
-    compression : an h5py filter for X's arrays ("gzip", "lzf") or None: none makes reading fastest.
-    progress : show a tqdm bar of cells written (on stderr).
+    dtype : numpy dtype
+        The values' type on disk (float32 by default, as `scatac.read` gives counts; uint8 holds 0/1 counts in a quarter
+        of the space).
+    compression : str or None
+        An h5py filter for X's arrays ("gzip", "lzf"), or None: none makes reading fastest.
+    progress : bool
+        A tqdm bar of cells written (on stderr).
 
     Returns
     -------
-    Path of the store. It is written to a temporary file beside `path` and renamed into place once complete:
-    a failure at any point (a bad block, an interrupt) leaves no partial file and an earlier store as it was.
+    Path
+        The store.
     """
     import anndata
     import h5py
@@ -687,38 +695,49 @@ def _subset(frame, mask):
 def convert_to_store(source, path, *, block_cells: int = DEFAULT_BLOCK_CELLS, labels=None, label_key: str | None = None,
                      layer: str | None = None, modality: str | None = None, use_selected: bool = False,
                      filter: dict | None = None, progress: bool = True, **read_options) -> Path:
-    """Turn any input the suite reads (`scatac.read`) into a store at `path`, in one streaming pass where the
-    format allows it, filtered by SCALE's filter when `filter` is given.
+    """Turn any input the suite reads (`scatac.read`) into a store at `path`, streamed where the format allows it.
 
-    Streamed, `block_cells` cells at a time, never whole: an .h5ad (or an .h5mu modality) whose X (or `layer`)
-    is CSR or dense, and Cell Ranger's .h5 (peaks x cells CSC: each cell's values are contiguous). Read whole
-    with `scatac.read`, then written in blocks: everything else (10x/SCALE folders, Matrix Market files,
-    tables, fragment files, an .h5ad whose X is CSC).
+    Filtered by SCALE's filter when `filter` is given.
+
+    Streamed, `block_cells` cells at a time, never whole: an .h5ad (or an .h5mu modality) whose X (or `layer`) is CSR
+    or dense, Cell Ranger's .h5 (peaks x cells CSC: each cell's values are contiguous), and a fragment file (counted in
+    two passes into blocks of cells, `scatac.io.fragments.partition_fragments`). Read whole with `scatac.read`, then
+    written in blocks: everything else (10x/SCALE folders, Matrix Market files, tables, an .h5ad whose X is CSC).
+    Values are checked as `scatac.read` checks them (finite, non-negative, not all zero); the layout, names and labels
+    are checked before any block is read, so a broken input fails at once with an InputError naming it. Unlike
+    `scatac.read`, the streamed path does not warn about values that look normalized.
 
     Parameters
     ----------
-    source : the input, any layout `scatac.read` takes.
-    path : the store to write (see `write_store`: staged beside it, renamed into place when complete).
-    block_cells : cells read and written at a time.
-    labels, label_key, layer, modality, use_selected : as `scatac.read` takes them; the labels become obs["label"].
+    source : str or Path
+        The input, any layout `scatac.read` takes.
+    path : str or Path
+        The store to write (see `write_store`: staged beside it, renamed into place when complete).
+    block_cells : int
+        Cells read and written at a time.
+    labels, label_key, layer, modality, use_selected
+        As `scatac.read` takes them; the labels become obs["label"].
     filter : dict or None
-        pp.filter's thresholds (min_cells_per_peak, max_cells_per_peak, min_peaks_per_cell, n_top_peaks; those left
-        out take pp.filter's defaults). When given, only the cells and peaks the filter keeps are written: a streamed
-        source is read in passes (the one-pass statistics, then `filter_store`'s passes, then the write),
-        one read whole is filtered in memory (`pp.filter_masks`). The filter's summary goes to uns["scatac"]["filter"]
-        and what the store was made from (`store_record`: source, read options, labels, thresholds) to
-        uns["scatac"]["store"], which `filtered_store` compares before reusing the store.
-    progress : show a tqdm bar.
-    **read_options : the rest of `scatac.read`'s options (fragment files' peaks, tile_size, barcodes, ...); a
-        fragment file is read whole.
+        `scatac.pp.filter`'s thresholds (min_cells_per_peak, max_cells_per_peak, min_peaks_per_cell, n_top_peaks; those
+        left out take its defaults). When given, only the cells and peaks the filter keeps are written: a streamed
+        source is read in passes (the one-pass statistics, then `filter_store`'s passes, then the write), one read whole
+        is filtered in memory (`scatac.pp.filter_masks`). The filter's summary goes to uns["scatac"]["filter"] and what
+        the store was made from (source, read options, labels, thresholds) to uns["scatac"]["store"], which
+        `filtered_store` compares before reusing the store.
+    progress : bool
+        Show a tqdm bar.
+    **read_options
+        The rest of `scatac.read`'s options (a fragment file's peaks, tile_size, barcodes, min_fragments, counting).
 
     Returns
     -------
-    Path of the store, whose X is canonical CSR float32 counts (cells x peaks).
+    Path
+        The store, whose X is canonical CSR float32 counts (cells x peaks).
 
-    Values are checked as `scatac.read` checks them (finite, non-negative, not all zero); the layout, names and
-    labels are checked before any block is read, so a broken input fails at once with an InputError naming it.
-    Unlike `scatac.read`, the streamed path does not warn about values that look normalized.
+    Raises
+    ------
+    scatac.InputError
+        A broken input, named.
     """
     import tempfile
 
@@ -938,18 +957,31 @@ def _differences(stored: dict, wanted: dict) -> list:
 
 def check_store_path(path, source, *, outdir=None, labels=None, label_key: str | None = None, filter: dict,
                      **read_options) -> Path:
-    """Refuse, before any work, a store path that cannot be written, or that holds a store made from something
-    else than this run's input and filter (which `filtered_store` would refuse after reading the input).
+    """Refuse, before any work, a store path that cannot be written or that holds another input's store.
+
+    A store made from something else than this run's input and filter is what `filtered_store` would refuse after
+    reading the input.
 
     Parameters
     ----------
-    path : the store's path (a file; its folder must exist).
-    source : the run's input. outdir : the run's output folder, replaced as a whole by every run, or None.
-    labels, label_key, filter, **read_options : as `filtered_store` takes them.
+    path : str or Path
+        The store's path (a file; its folder must exist).
+    source : str or Path
+        The run's input.
+    outdir : str, Path or None
+        The run's output folder, replaced as a whole by every run (the store may not lie inside it).
+    labels, label_key, filter, **read_options
+        As `filtered_store` takes them.
 
     Returns
     -------
-    The Path. Raises InputError naming `path` and what is wrong.
+    Path
+        The store's path.
+
+    Raises
+    ------
+    scatac.InputError
+        Naming `path` and what is wrong.
     """
     import os
 
@@ -990,22 +1022,40 @@ def _check_reusable(path: Path, wanted: dict):
 
 def filtered_store(path, source, *, labels=None, label_key: str | None = None, filter: dict,
                    block_cells: int = DEFAULT_BLOCK_CELLS, progress: bool = True, **read_options) -> tuple[Path, bool]:
-    """The store at `path` of `source`'s cells and peaks that the filter keeps: written (convert_to_store with
-    `filter`) unless a store made from the same source, read options, labels and thresholds is there already.
+    """The store at `path` of the cells and peaks of `source` that the filter keeps, written or found there.
+
+    Written (`convert_to_store` with `filter`) unless a store made from the same source, read options, labels and
+    thresholds is there already.
+
+    What the method scripts' and compare.py's `--store` run. An existing file made from anything else (another input,
+    filter, labels; a source file changed since; not a store) is refused: a store is never overwritten. Runs that ask
+    for the same store at once write it once: each waits for the one writing it (a lock file beside it), then reuses
+    it.
 
     Parameters
     ----------
-    path : the store (its folder must exist). source : the input, any layout `scatac.read` takes.
-    labels, label_key : the cell types, as `scatac.read` takes them (obs["label"] of the store).
-    filter : pp.filter's thresholds (FILTER's names; those left out take their defaults).
-    block_cells, progress, **read_options : as convert_to_store takes them.
+    path : str or Path
+        The store (its folder must exist).
+    source : str or Path
+        The input, any layout `scatac.read` takes.
+    labels, label_key
+        The cell types, as `scatac.read` takes them (obs["label"] of the store).
+    filter : dict
+        `scatac.pp.filter`'s thresholds (those left out take their defaults).
+    block_cells, progress, **read_options
+        As `convert_to_store` takes them.
 
     Returns
     -------
-    (path, reused): reused is True when the store was there already (saying which is the caller's). An existing
-    file made from anything else (another input, filter, labels; a source file changed since; not a store) is an
-    InputError naming `path` and what differs: a store is never overwritten. Runs that ask for the same store at
-    once write it once: each waits for the one writing it (a lock file beside it), then reuses it.
+    path : Path
+        The store.
+    reused : bool
+        True when the store was there already (saying which is the caller's).
+
+    Raises
+    ------
+    scatac.InputError
+        Naming `path` and what differs.
     """
     from ..params import FILTER
 

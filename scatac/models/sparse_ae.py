@@ -21,16 +21,53 @@ from ..train import Fitted, TrainConfig, Trainer, configure_decoder
 
 
 def kl_sparsity(mean_activation, target: float):
-    """sum_j KL(Bernoulli(target) || Bernoulli(mean_activation_j)); zero only when every unit averages `target`."""
+    """Ng's sparsity penalty: sum_j KL(Bernoulli(target) || Bernoulli(mean_activation_j)).
+
+    Zero only when every unit averages `target`.
+
+    Parameters
+    ----------
+    mean_activation : torch.Tensor
+        (latent_dim,) each unit's mean activation over the batch, in (0, 1).
+    target : float
+        rho, the mean activation each unit is pushed towards.
+
+    Returns
+    -------
+    torch.Tensor
+        A scalar.
+    """
     rho_hat = mean_activation.clamp(1e-6, 1 - 1e-6)
     return (target * torch.log(target / rho_hat) + (1 - target) * torch.log((1 - target) / (1 - rho_hat))).sum()
 
 
 class SparseAutoEncoder(nn.Module):
-    """n_peaks -> hidden_dims -> latent_dim (sigmoid code) -> reversed hidden_dims -> n_peaks logits.
+    """The sparse autoencoder: n_peaks -> hidden_dims -> latent_dim (a sigmoid code) -> reversed hidden_dims -> n_peaks.
 
-    The network's arguments have no defaults here: methods.SPARSE_AE's card holds them (sparsity_target: rho,
-    the mean activation each unit is pushed towards; sparsity_weight: beta, the penalty's weight).
+    The loss adds beta x sum_j KL(rho || rho_hat_j) to the AE's reconstruction, rho_hat_j being unit j's mean activation
+    over the batch. The arguments have no defaults here: the method's card (`scatac.methods`) holds them.
+
+    Parameters
+    ----------
+    n_peaks : int
+        The input and output size.
+    latent_dim : int
+        The code's dimensions.
+    hidden_dims : sequence of int
+        Hidden layer sizes of the encoder, input side first (the decoder mirrors them).
+    input_dropout : float
+        Dropout on the input peaks (denoising).
+    dropout : float
+        Dropout after each hidden layer.
+    sparsity_target : float
+        rho, the mean activation each code unit is pushed towards.
+    sparsity_weight : float
+        beta, the penalty's weight (0 turns it off).
+
+    Attributes
+    ----------
+    config : dict
+        The keyword arguments that rebuild it (model.pt stores them).
     """
 
     def __init__(self, n_peaks: int, latent_dim: int, *, hidden_dims, input_dropout: float, dropout: float,
@@ -46,16 +83,56 @@ class SparseAutoEncoder(nn.Module):
         self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_peaks], dropout=dropout, peak_output=True)
 
     def code(self, x):
+        """The sigmoid code of an input.
+
+        Parameters
+        ----------
+        x : scatac.batches.SparseRows or torch.Tensor
+            (batch, n_peaks) transformed accessibility.
+
+        Returns
+        -------
+        torch.Tensor
+            (batch, latent_dim), in (0, 1).
+        """
         # A sigmoid makes each unit's batch mean an activation probability in (0, 1),
         # which is what the KL penalty compares with rho.
         return torch.sigmoid(self.encoder(x))
 
     def embed(self, batch):
+        """The features of a batch: the logits of the clean input's code, without input dropout.
+
+        The logits rank cells as the sigmoid code does, without its saturation.
+
+        Parameters
+        ----------
+        batch : scatac.batches.Batch
+            A mini-batch on the model's device.
+
+        Returns
+        -------
+        torch.Tensor
+            (batch, latent_dim).
+        """
         # The code's logits: the same ranking as the sigmoid code, without its saturation, which
-        # squeezed apart cell types together (schep600 ARI 0.49 with the sigmoid, 0.54 with logits).
+        # squeezed apart cell types together (measured: docs/benchmarks.md, "Defaults of the methods").
         return self.encoder(batch.x)
 
     def loss(self, batch, epoch=None):
+        """The loss terms on a batch, with input dropout: what the training loop minimizes ("loss") and records.
+
+        Parameters
+        ----------
+        batch : scatac.batches.Batch
+            A mini-batch on the model's device.
+        epoch : int or None
+            The training epoch (unused here; the VAE's KL weight reads it).
+
+        Returns
+        -------
+        dict of torch.Tensor
+            Scalar terms: loss, reconstruction, sparsity_kl, mean_activation.
+        """
         code = self.code(self.input_dropout(batch.x))
         reconstruction = reconstruction_nll(self.decoder, code, batch)
         mean_activation = code.mean(dim=0)
@@ -69,9 +146,33 @@ class SparseAutoEncoder(nn.Module):
 
 
 def fit(data: TrainData, latent_dim: int, network: Mapping, config: TrainConfig, trainer: Trainer, seed: int) -> Fitted:
-    """Train a SparseAutoEncoder(**network) on `data` as `config` says; features are the logits of the sparse code,
-    without dropout."""
+    """Train `SparseAutoEncoder(**network)` on `data` as `config` says.
+
+    Parameters
+    ----------
+    data : scatac.batches.TrainData
+        The cells, transformed (or a store's, `scatac.streamed.StoredData`).
+    latent_dim : int
+        The code's dimensions.
+    network : mapping
+        The model class's keyword arguments, resolved by the method's card (`scatac.methods.Method.resolve`).
+    config : scatac.train.TrainConfig
+        What the training loop is asked.
+    trainer : scatac.train.Trainer
+        Where and how to train.
+    seed : int
+        The batches' order (the weights were seeded by the caller).
+
+    Returns
+    -------
+    scatac.train.Fitted
+        features: (n_cells, latent_dim) float32, the logits of the sparse code, without dropout; model: the trained
+        SparseAutoEncoder; history: one record per epoch.
+    """
     model = SparseAutoEncoder(data.n_peaks, latent_dim, **network).to(trainer.device)
     configure_decoder(model, data, config, trainer.device)
     history = trainer.train(model, data, config, seed)
     return Fitted(trainer.encode(model, data), model, history)
+
+
+__all__ = ["SparseAutoEncoder", "kl_sparsity", "fit"]

@@ -21,12 +21,30 @@ from ..train import Fitted, TrainConfig, Trainer, configure_decoder
 
 
 class StackedAutoEncoder(nn.Module):
-    """n_peaks -> hidden_dims -> latent_dim -> reversed hidden_dims -> n_peaks logits, built as a stack of layers.
+    """The stacked autoencoder: n_peaks -> hidden_dims -> latent_dim -> reversed hidden_dims -> n_peaks, as a stack.
 
-    encoders[k] maps sizes[k] -> sizes[k+1]; decoders[k] maps back sizes[k+1] -> sizes[k].
-    decoders[0] returns peak logits; the others return codes with the same activation as
-    the encoder layer whose output they rebuild. The network's arguments have no defaults here: methods.STACKED_AE's
-    card holds them.
+    `encoders[k]` maps sizes[k] -> sizes[k+1]; `decoders[k]` maps back sizes[k+1] -> sizes[k]. decoders[0] returns peak
+    logits; the others return codes with the same activation as the encoder layer whose output they rebuild. Each
+    layer is pretrained on its own (`pretrain`), then all together (`finetune`). The arguments have no defaults here:
+    the method's card (`scatac.methods`) holds them.
+
+    Parameters
+    ----------
+    n_peaks : int
+        The input and output size.
+    latent_dim : int
+        The code's dimensions.
+    hidden_dims : sequence of int
+        Hidden layer sizes of the encoder, input side first (the decoder mirrors them).
+    input_dropout : float
+        Dropout on the input peaks (denoising).
+    dropout : float
+        Dropout after each hidden layer.
+
+    Attributes
+    ----------
+    config : dict
+        The keyword arguments that rebuild it (model.pt stores them).
     """
 
     def __init__(self, n_peaks: int, latent_dim: int, *, hidden_dims, input_dropout: float, dropout: float):
@@ -46,29 +64,108 @@ class StackedAutoEncoder(nn.Module):
         )
 
     def encode_to(self, x, depth: int):
-        """The code of layer `depth` (0 is the input itself)."""
+        """The code of layer `depth` (0 is the input itself).
+
+        Parameters
+        ----------
+        x : scatac.batches.SparseRows or torch.Tensor
+            (batch, n_peaks) transformed accessibility.
+        depth : int
+            The layer.
+
+        Returns
+        -------
+        torch.Tensor
+            (batch, sizes[depth]).
+        """
         for encoder in self.encoders[:depth]:
             x = encoder(x)
         return x
 
     def decode_from(self, code, depth: int, to: int = 0):
-        """The code of layer `to` rebuilt from that of layer `depth` (to 0: the peak logits, without depth)."""
+        """The code of layer `to` rebuilt from that of layer `depth` (to 0: the peak logits, without the depth offset).
+
+        Parameters
+        ----------
+        code : torch.Tensor
+            (batch, sizes[depth]).
+        depth : int
+            The layer the code is of.
+        to : int
+            The layer to rebuild.
+
+        Returns
+        -------
+        torch.Tensor
+            (batch, sizes[to]).
+        """
         for decoder in reversed(self.decoders[to:depth]):
             code = decoder(code)
         return code
 
     def embed(self, batch):
+        """The features of a batch: the top code of the clean input, without input dropout.
+
+        Parameters
+        ----------
+        batch : scatac.batches.Batch
+            A mini-batch on the model's device.
+
+        Returns
+        -------
+        torch.Tensor
+            (batch, latent_dim).
+        """
         return self.encode_to(batch.x, self.n_layers)
 
     def reconstruction(self, batch):
+        """The whole stack's reconstruction loss on a batch, with input dropout.
+
+        Parameters
+        ----------
+        batch : scatac.batches.Batch
+            A mini-batch on the model's device.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar: -log p(the batch's open peaks), per cell.
+        """
         latent = self.encode_to(self.input_dropout(batch.x), self.n_layers)
         return reconstruction_nll(self.decoders[0], self.decode_from(latent, self.n_layers, to=1), batch)
 
     def loss(self, batch, epoch=None):
+        """The loss terms on a batch, with input dropout: what the training loop minimizes ("loss") and records.
+
+        Parameters
+        ----------
+        batch : scatac.batches.Batch
+            A mini-batch on the model's device.
+        epoch : int or None
+            The training epoch (unused here; the VAE's KL weight reads it).
+
+        Returns
+        -------
+        dict of torch.Tensor
+            Scalar terms; "loss" is minimized.
+        """
         return {"loss": self.reconstruction(batch)}
 
     def layer_loss(self, layer: int, batch):
-        """The shallow autoencoder of layer `layer` (0-based) on the codes of the layer below, which stays fixed."""
+        """The shallow autoencoder of layer `layer` on the codes of the layer below, which stays fixed.
+
+        Parameters
+        ----------
+        layer : int
+            The layer (0-based): 0 rebuilds the peaks (Bernoulli), the others the codes below (summed squared error).
+        batch : scatac.batches.Batch
+            A mini-batch on the model's device.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar, per cell.
+        """
         if layer == 0:
             return reconstruction_nll(self.decoders[0], self.encoders[0](self.input_dropout(batch.x)), batch)
         below = self.encoders[:layer]
@@ -80,8 +177,29 @@ class StackedAutoEncoder(nn.Module):
 
 
 def pretrain(model: StackedAutoEncoder, data: TrainData, config: TrainConfig, trainer: Trainer, seed: int) -> list:
-    """Greedy layer-wise pretraining: each layer's own encoder and decoder for `config.epochs` (the run's
-    pretrain_epochs), without the neighbour term and without early stopping (a few epochs by design)."""
+    """Greedy layer-wise pretraining: each layer's own encoder and decoder, the layers below fixed.
+
+    For `config.epochs` each (the run's pretrain_epochs), without the neighbour term and without early stopping (a few
+    epochs by design). The phases are named pretrain_layer1 .. N.
+
+    Parameters
+    ----------
+    model : StackedAutoEncoder
+        The stack, trained in place.
+    data : scatac.batches.TrainData
+        The cells.
+    config : scatac.train.TrainConfig
+        The pretraining's config.
+    trainer : scatac.train.Trainer
+        Where and how to train.
+    seed : int
+        The batches' order.
+
+    Returns
+    -------
+    list of dict
+        One record per epoch of every layer.
+    """
     config = replace(config, neighbor_weight=0.0, early_stopping=False)
     history = []
     for layer in range(model.n_layers):
@@ -95,8 +213,28 @@ def pretrain(model: StackedAutoEncoder, data: TrainData, config: TrainConfig, tr
 
 
 def finetune(model: StackedAutoEncoder, data: TrainData, config: TrainConfig, trainer: Trainer, seed: int) -> list:
-    """Every layer trained together on the peaks as `config` says, starting from the weights `model` holds (early
-    stopping, when on, watches this phase only)."""
+    """Every layer trained together on the peaks as `config` says, starting from the weights `model` holds.
+
+    Early stopping, when on, watches this phase only.
+
+    Parameters
+    ----------
+    model : StackedAutoEncoder
+        The stack, trained in place.
+    data : scatac.batches.TrainData
+        The cells.
+    config : scatac.train.TrainConfig
+        The fine-tuning's config (its epochs: the run's finetune_epochs).
+    trainer : scatac.train.Trainer
+        Where and how to train.
+    seed : int
+        The batches' order.
+
+    Returns
+    -------
+    list of dict
+        One record per epoch (phase 'finetune').
+    """
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     return trainer.train(model, data, config, seed, phase="finetune")
@@ -104,10 +242,36 @@ def finetune(model: StackedAutoEncoder, data: TrainData, config: TrainConfig, tr
 
 def fit(data: TrainData, latent_dim: int, network: Mapping, config: TrainConfig, trainer: Trainer, seed: int, *,
         pretrain_epochs: int) -> Fitted:
-    """Pretrain layer by layer for `pretrain_epochs` each, fine-tune the whole stack as `config` says (its epochs:
-    the run's finetune_epochs); features are the top code without dropout."""
+    """Pretrain layer by layer for `pretrain_epochs` each, then fine-tune the whole stack as `config` says.
+
+    Parameters
+    ----------
+    data : scatac.batches.TrainData
+        The cells, transformed (or a store's, `scatac.streamed.StoredData`).
+    latent_dim : int
+        The code's dimensions.
+    network : mapping
+        The model class's keyword arguments, resolved by the method's card (`scatac.methods.Method.resolve`).
+    config : scatac.train.TrainConfig
+        What the training loop is asked.
+    trainer : scatac.train.Trainer
+        Where and how to train.
+    seed : int
+        The batches' order (the weights were seeded by the caller).
+    pretrain_epochs : int
+        Epochs of each layer's pretraining.
+
+    Returns
+    -------
+    scatac.train.Fitted
+        features: (n_cells, latent_dim) float32, the top code without dropout; model: the trained StackedAutoEncoder;
+        history: one record per epoch of every phase.
+    """
     model = StackedAutoEncoder(data.n_peaks, latent_dim, **network).to(trainer.device)
     configure_decoder(model, data, config, trainer.device)
     history = pretrain(model, data, replace(config, epochs=pretrain_epochs), trainer, seed)
     history += finetune(model, data, config, trainer, seed)
     return Fitted(trainer.encode(model, data), model, history)
+
+
+__all__ = ["StackedAutoEncoder", "pretrain", "finetune", "fit"]

@@ -30,18 +30,55 @@ DEFAULT_COMPONENTS = 8  # mixture components when neither the caller nor the lab
 
 
 def kl_to_diagonal_gaussians(mean, logvar, prior_mean, prior_logvar):
-    """KL(N(mean, e^logvar) || N(prior_mean_c, e^prior_logvar_c)) summed over dimensions: (batch, components)."""
+    """KL(N(mean, exp(logvar)) || N(prior_mean_c, exp(prior_logvar_c))) for every component c, summed over dimensions.
+
+    Parameters
+    ----------
+    mean, logvar : torch.Tensor
+        (batch, latent_dim), the posteriors.
+    prior_mean, prior_logvar : torch.Tensor
+        (components, latent_dim), the prior's components.
+
+    Returns
+    -------
+    torch.Tensor
+        (batch, components).
+    """
     mean, logvar = mean.unsqueeze(1), logvar.unsqueeze(1)
     return 0.5 * (prior_logvar - logvar + torch.exp(logvar - prior_logvar)
                   + (mean - prior_mean) ** 2 * torch.exp(-prior_logvar) - 1).sum(dim=2)
 
 
 class VariationalAutoEncoder(nn.Module):
-    """n_peaks -> hidden_dims -> (mean, logvar) of latent_dim -> reversed hidden_dims -> n_peaks logits.
+    """The VAE: n_peaks -> hidden_dims -> (mean, logvar) of latent_dim -> reversed hidden_dims -> n_peaks logits.
 
-    The network's arguments have no defaults here: methods.VAE's card holds them (prior: 'gmm' or 'normal';
-    n_components: the mixture's, an int here). kl_weight, the KL term's weight in the training loss, is 1 (the
-    ELBO) unless a KLWarmup is training the model.
+    The prior is a Gaussian mixture with learnable weights, means and variances (SCALE's; fit to the posterior means
+    when the KL warm-up ends, `fit_mixture`) or N(0, I). The arguments have no defaults here: the method's card
+    (`scatac.methods`) holds them.
+
+    Parameters
+    ----------
+    n_peaks : int
+        The input and output size.
+    latent_dim : int
+        The code's dimensions.
+    hidden_dims : sequence of int
+        Hidden layer sizes of the encoder, input side first (the decoder mirrors them).
+    input_dropout : float
+        Dropout on the input peaks (denoising).
+    dropout : float
+        Dropout after each hidden layer.
+    prior : {'gmm', 'normal'}
+        The prior.
+    n_components : int
+        The mixture's components.
+
+    Attributes
+    ----------
+    config : dict
+        The keyword arguments that rebuild it (model.pt stores them).
+    kl_weight : float
+        The KL term's weight in the training loss: 1 (the ELBO) unless a KLWarmup is training the model.
     """
 
     def __init__(self, n_peaks: int, latent_dim: int, *, hidden_dims, input_dropout: float, dropout: float,
@@ -66,13 +103,51 @@ class VariationalAutoEncoder(nn.Module):
         self.some_parameters_wait = prior == "gmm"  # for DistributedDataParallel (train.Trainer.step_loss)
 
     def posterior(self, x):
+        """The Gaussian posterior of an input.
+
+        Parameters
+        ----------
+        x : scatac.batches.SparseRows or torch.Tensor
+            (batch, n_peaks) transformed accessibility.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            (mean, logvar), each (batch, latent_dim); logvar clamped to [-15, 10].
+        """
         hidden = self.encoder(x)
         return self.to_mean(hidden), self.to_logvar(hidden).clamp(-15, 10)
 
     def embed(self, batch):
+        """The features of a batch: the posterior means of the clean input, without input dropout.
+
+        Parameters
+        ----------
+        batch : scatac.batches.Batch
+            A mini-batch on the model's device.
+
+        Returns
+        -------
+        torch.Tensor
+            (batch, latent_dim).
+        """
         return self.posterior(batch.x)[0]
 
     def kl(self, mean, logvar, z):
+        """Each cell's KL term: to N(0, I), or to the mixture (through its responsibilities at `z`).
+
+        Parameters
+        ----------
+        mean, logvar : torch.Tensor
+            (batch, latent_dim), the posteriors.
+        z : torch.Tensor
+            (batch, latent_dim), a sample of them.
+
+        Returns
+        -------
+        torch.Tensor
+            (batch,).
+        """
         if self.prior == "normal" or not bool(self.mixture_ready):
             return 0.5 * (mean ** 2 + torch.exp(logvar) - 1 - logvar).sum(dim=1)
         log_pi = torch.log_softmax(self.mixture_logits, dim=0)
@@ -84,9 +159,21 @@ class VariationalAutoEncoder(nn.Module):
         return (gamma * per_component).sum(dim=1) + (gamma * (log_gamma - log_pi)).sum(dim=1)
 
     def loss(self, batch, epoch=None):
-        """The terms of the loss on `batch`: reconstruction + kl_weight * kl. epoch: the training epoch the loss is
-        taken in, whose KL weight KLWarmup has set (the steps' and the losses its record reports); None, outside
-        training: the whole KL (weight 1)."""
+        """The loss terms on a batch: reconstruction + kl_weight x kl, with input dropout and a sampled code.
+
+        Parameters
+        ----------
+        batch : scatac.batches.Batch
+            A mini-batch on the model's device.
+        epoch : int or None
+            The training epoch the loss is taken in, whose KL weight KLWarmup has set (the steps' and the losses its
+            record reports); None, outside training: the whole KL (weight 1).
+
+        Returns
+        -------
+        dict of torch.Tensor
+            Scalar terms: loss, reconstruction, kl, kl_weight.
+        """
         mean, logvar = self.posterior(self.input_dropout(batch.x))
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
         reconstruction = reconstruction_nll(self.decoder, z, batch)
@@ -97,7 +184,15 @@ class VariationalAutoEncoder(nn.Module):
 
     @torch.no_grad()
     def fit_mixture(self, means: np.ndarray, seed: int):
-        """Initialise the mixture prior from a diagonal GaussianMixture fit on posterior means."""
+        """Initialise the mixture prior from a diagonal GaussianMixture fit on posterior means.
+
+        Parameters
+        ----------
+        means : numpy.ndarray
+            (n_cells, latent_dim), the posterior means.
+        seed : int
+            GaussianMixture's random state.
+        """
         from sklearn.mixture import GaussianMixture
 
         n_components = self.mixture_logits.shape[0]
@@ -115,16 +210,26 @@ class VariationalAutoEncoder(nn.Module):
 
 
 class KLWarmup(Callback):
-    """The KL term's warm-up, a callback of the training loop: epoch e weighs the term min(1, e / warmup_epochs)
-    (1 from the first epoch when warmup_epochs is 0), set as the model's kl_weight when the epoch starts, so that
-    the epoch's steps and the losses its record reports (Trainer.full_loss) weigh it alike; 1 again once training
-    ends. With the gmm prior, the mixture is fit to the posterior means (seed: GaussianMixture's) once, at the
-    end of the epoch where the warm-up ends (warm_at)."""
+    """The KL term's warm-up, a callback of the training loop.
+
+    Epoch e weighs the term min(1, e / warmup_epochs) (1 from the first epoch when warmup_epochs is 0), set as the
+    model's kl_weight when the epoch starts, so that the epoch's steps and the losses its record reports weigh it
+    alike; 1 again once training ends. With the gmm prior, the mixture is fit to the posterior means once, at the end
+    of the epoch where the warm-up ends (`warm_at`).
+
+    Parameters
+    ----------
+    warmup_epochs : int
+        Epochs over which the weight rises from 0 to 1.
+    seed : int
+        GaussianMixture's random state.
+    """
 
     def __init__(self, warmup_epochs: int, seed: int):
         self.warmup_epochs, self.seed = warmup_epochs, seed
 
     def weight(self, epoch: int) -> float:
+        """The KL weight of an epoch (1-based): min(1, epoch / warmup_epochs)."""
         return 1.0 if self.warmup_epochs <= 0 else min(1.0, epoch / self.warmup_epochs)
 
     def warm_at(self, epochs: int) -> int:
@@ -145,10 +250,31 @@ class KLWarmup(Callback):
 
 def fit(data: TrainData, latent_dim: int, network: Mapping, config: TrainConfig, trainer: Trainer, seed: int, *,
         kl_warmup: int) -> Fitted:
-    """Train a VariationalAutoEncoder(**network) on `data` as `config` says, the KL term warmed up over `kl_warmup`
-    epochs (KLWarmup); features are the posterior means.
+    """Train `VariationalAutoEncoder(**network)` on `data` as `config` says, the KL term warmed up (`KLWarmup`).
 
-    network["n_components"] None means DEFAULT_COMPONENTS (the scripts pass the run's K instead).
+    Parameters
+    ----------
+    data : scatac.batches.TrainData
+        The cells, transformed (or a store's, `scatac.streamed.StoredData`).
+    latent_dim : int
+        The code's dimensions.
+    network : mapping
+        The model class's keyword arguments, resolved by the method's card (`scatac.methods.Method.resolve`).
+    config : scatac.train.TrainConfig
+        What the training loop is asked.
+    trainer : scatac.train.Trainer
+        Where and how to train.
+    seed : int
+        The batches' order (the weights were seeded by the caller).
+    kl_warmup : int
+        Epochs over which the KL weight rises from 0 to 1 (`KLWarmup`).
+
+    Returns
+    -------
+    scatac.train.Fitted
+        features: (n_cells, latent_dim) float32, the posterior means; model: the trained VariationalAutoEncoder;
+        history: one record per epoch; extra: the prior and n_components. network["n_components"] None means
+        DEFAULT_COMPONENTS (the scripts pass the run's K instead).
     """
     network = {**network, "n_components": network["n_components"] or DEFAULT_COMPONENTS}
     model = VariationalAutoEncoder(data.n_peaks, latent_dim, **network).to(trainer.device)
@@ -158,3 +284,6 @@ def fit(data: TrainData, latent_dim: int, network: Mapping, config: TrainConfig,
     history = trainer.train(model, data, config, seed, callbacks=[warmup], min_epochs=warmup.warm_at(config.epochs))
     return Fitted(trainer.encode(model, data), model, history,
                   extra={"prior": network["prior"], "n_components": network["n_components"]})
+
+
+__all__ = ["VariationalAutoEncoder", "KLWarmup", "kl_to_diagonal_gaussians", "fit"]
