@@ -1,19 +1,20 @@
 """bench/fragments.py: seconds and peak memory of counting a fragment file (issue 14).
 
     python bench/fragments.py [--fragments 10000000] [--counting paired-insertion,insertion,fragment]
-                              [--tile-size 500] [--repeat 2] [--out fragments.tsv] [--keep DIR]
+                              [--tile-size 500] [--repeat 2] [--store] [--out fragments.tsv] [--keep DIR]
 
 The project's simulator makes a count matrix (cells x 50,000 peaks, ~500 fragment lines per cell, cells enough
 for about `--fragments` lines) and scatac.simulate.simulate_fragments writes it as a Cell Ranger fragments.tsv.gz
 (with straddling, background and empty-droplet fragments), then scatac.read counts it once per strategy (and in
 tiles with --tile-size), each in its own child process. With --repeat K the default strategy also counts the file
 written K times over (K times the lines, the same non-zeros: the matrix stays the size it was, so its peak memory
-shows what the file's length costs). Columns:
+shows what the file's length costs). With --store the default strategy also writes each file into an on-disk store
+(scatac.io.convert_to_store, which counts a fragment file a block of cells at a time). Columns:
 
   counting      the strategy (or tiles:<size>)
   repeat        how many times over the file holds the simulated fragments
   lines         fragment lines in the file
-  seconds       scatac.read wall time (stream, count, select cells, build the AnnData)
+  seconds       scatac.read wall time (stream, count, select cells, build the AnnData), or the store's writing
   lines_per_s   lines / seconds
   peak_rss_mb   the child's peak RSS over the read (VmHWM), imports included
   base_rss_mb   RSS after imports, before reading
@@ -47,11 +48,19 @@ def rss(kind):
 
 base = rss("VmRSS:")
 options = json.loads(sys.argv[1])
+store = options.pop("store", None)
 started = time.perf_counter()
-adata = scatac.read(sys.argv[2], min_fragments=50, verbose=False, **options)
+if store is None:
+    adata = scatac.read(sys.argv[2], min_fragments=50, verbose=False, **options)
+else:  # counted into an on-disk store a block of cells at a time; read back whole below only to check it
+    scatac.io.convert_to_store(sys.argv[2], store, min_fragments=50, progress=False, **options)
 seconds = time.perf_counter() - started
+peak = rss("VmHWM:")
+if store is not None:
+    import anndata
+    adata = anndata.read_h5ad(store)
 X = adata.X
-row = dict(seconds=seconds, peak_rss_mb=rss("VmHWM:"), base_rss_mb=base,
+row = dict(seconds=seconds, peak_rss_mb=peak, base_rss_mb=base,
            matrix_mb=(X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) / 2**20, shape=list(adata.shape))
 if "peaks" in options:
     expected = sp.load_npz(sys.argv[3] + "/" + options["counting"] + ".npz") * int(sys.argv[4])
@@ -70,6 +79,9 @@ def main(argv=None):
                                                                   "(the default strategy; 1: not)")
     parser.add_argument("--out", help="write the table here (tab-separated) as well")
     parser.add_argument("--keep", help="make the file in this folder and keep it (default: a temporary folder)")
+    parser.add_argument("--store", action="store_true", help="also write the default strategy's counts into an "
+                        "on-disk store (scatac.io.convert_to_store: two passes, a block of cells at a time), once "
+                        "per file, rows 'store:<counting>'")
     args = parser.parse_args(argv)
 
     import scipy.sparse as sp
@@ -101,6 +113,9 @@ def main(argv=None):
         runs.append(({"tile_size": args.tile_size, "counting": "paired-insertion"}, 1))
     if args.repeat > 1:
         runs.append(({"peaks": peaks_bed, "counting": "paired-insertion"}, args.repeat))
+    if args.store:
+        runs += [({"peaks": peaks_bed, "counting": "paired-insertion", "store": str(folder / f"x{repeat}.store.h5ad")},
+                  repeat) for repeat in sorted(files)]
     header = ["counting", "repeat", "lines", "seconds", "lines_per_s", "peak_rss_mb", "base_rss_mb", "matrix_mb",
               "file_mb", "exact"]
     rows = []
@@ -112,6 +127,7 @@ def main(argv=None):
             continue
         result = json.loads(done.stdout.strip().splitlines()[-1])
         name = options["counting"] if "peaks" in options else f"tiles:{options['tile_size']}"
+        name = f"store:{name}" if "store" in options else name
         rows.append([name, repeat, lines * repeat, f"{result['seconds']:.1f}",
                      f"{lines * repeat / result['seconds']:,.0f}", f"{result['peak_rss_mb']:.0f}",
                      f"{result['base_rss_mb']:.0f}", f"{result['matrix_mb']:.0f}",
