@@ -54,6 +54,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,18 @@ def simulate_store_once(n_cells, n_peaks, density, n_types, folder: Path, seed=0
                   "simulate_s": time.perf_counter() - started}
 
 
+def failure_line(stderr: str | None, returncode: int) -> str:
+    """The line of a failed child's stderr that says why: the last exception line (a rank's, under torchrun,
+    whose own report ends in banners of '=' and its 'Root Cause' table), else the last non-banner line."""
+    lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
+    exceptions = [line for line in lines if re.match(r"^(\[rank\d+\]:\s*)?[\w.]*(Error|Exception|Interrupt)\b", line)
+                  and "ChildFailedError" not in line]
+    if exceptions:
+        return exceptions[-1]
+    meaningful = [line for line in lines if not set(line) <= set("=-")]
+    return meaningful[-1] if meaningful else f"exit {returncode}"
+
+
 def run_child(spec: dict, timeout: float | None, processes: int = 1):
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(spec, handle)
@@ -154,8 +167,9 @@ def run_child(spec: dict, timeout: float | None, processes: int = 1):
         proc = subprocess.run([*launcher, str(Path(__file__).resolve().parent / "scale_child.py"), spec_path, result_path],
                               capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not os.path.exists(result_path):
-            tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
-            return {"status": f"failed: {tail[0][:160]}"}
+            # the whole of the child's (or torchrun's) stderr, so that a failed row can be diagnosed
+            print((proc.stderr or "").rstrip()[-6000:], file=sys.stderr)
+            return {"status": f"failed: {failure_line(proc.stderr, proc.returncode)[:160]}"}
         with open(result_path) as handle:
             return json.load(handle)
     except subprocess.TimeoutExpired:

@@ -147,10 +147,15 @@ def device_for(device, world: World):
 
 
 def teardown():
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one, once every rank has come to leave it.
+
+    The barrier first: a rank that tears its gloo pairs down while another is still finishing the last
+    collective can make that rank abort, and torchrun then fails the whole run.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -44,3 +44,28 @@ def test_scale_streamed_from_a_store_on_two_processes(tmp_path):
     assert float(row["epoch_s"]) > 0 and float(row["peak_rss_mb"]) > 0 and row["epoch_note"].startswith("~2b")
     assert row["ARI"] == ""  # two batches an epoch: not clustered
     assert list(tmp_path.glob("store_3000x2000_*.h5ad"))  # kept for the next run with --store-dir
+
+
+def test_a_failed_row_says_why_not_torchruns_banner():
+    """A rank's exception is the row's status, not the '=' banner that ends torchrun's report."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("scale_bench", REPO / "bench" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    stderr = "\n".join([
+        "[rank1]: Traceback (most recent call last):",
+        '[rank1]:   File "scale_child.py", line 9, in <module>',
+        "[rank1]: RuntimeError: Connection closed by peer",
+        "Traceback (most recent call last):",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+        "============================================================",
+        "scale_child.py FAILED",
+        "  exitcode  : 1 (pid: 42)",
+        "============================================================",
+    ])
+    assert scale.failure_line(stderr, 1) == "[rank1]: RuntimeError: Connection closed by peer"
+    assert scale.failure_line("Killed\n=====\n", -9) == "Killed"
+    assert scale.failure_line("", -9) == "exit -9"
