@@ -32,16 +32,79 @@ from .errors import fail
 from .evaluate import evaluate, umap_coordinates
 from .factorization import (check_rank, fit_lsnmf, fit_lsnmf_stored, fit_nmf, fit_nmf_stored, lsi as lsi_features,
                             lsi_stored)
+from .models import fill_doc
 from .params import CLUSTER, DEVICE, LATENT_DIM, N_CLUSTERS, N_INIT, RESOLUTION, SEED, check_latent_size
 
 
+# The numpydoc entries that the four autoencoders' functions (neural_*) and the two factorizations' (factorization_*)
+# share: a docstring line "{neural_parameters}" (and the others) stands for the block, filled in by `_documented`
+# (scatac.models.fill_doc).
+SHARED_DOCS = {
+    "neural_parameters": """
+    adata : AnnData
+        Counts, cells x peaks, in `X` (or `layer`); in memory, or backed by an on-disk store
+        (`anndata.read_h5ad(store, backed="r")`, see `scatac.io.convert_to_store`), whose cells are then streamed in
+        blocks and the neighbour term is off.
+    latent_dim : int
+        Features per cell: at least 1, below the peaks and at most the cells.
+    layer : str or None
+        Read `adata.layers[layer]` instead of `X` (in memory only).
+    seed : int
+        Seeds the weights, the batches and the dropout: the same seed on CPU gives the same features.
+    device : {'auto', 'cpu', 'cuda', 'mps'}
+        Where to train; 'auto': cuda, then mps, then cpu.
+    key_added : str
+        Where the results go (below).
+    progress : bool
+        Show a progress bar per training phase.
+    trainer : scatac.train.Trainer or None
+        Trains the model instead of a Trainer made from `device` and `progress` (compare.py and the benches pass
+        their own).
+    **options
+        The method's options, as the script's flags (listed under Other Parameters with their rules and defaults).
+    """,
+    "neural_writes": """
+    obsm["X_<key_added>"]
+        (n_cells, latent_dim) float32 features, in cell order.
+    uns[key_added]
+        method, params (latent_dim, seed, layer, device and every option as used), decoder ('full' or 'sampled'),
+        batch_size, epochs_trained (per training phase; fewer than asked where early stopping stopped),
+        loss (a DataFrame, one row per epoch: phase, epoch, loss and its terms), seconds (transform_s, train_s)
+        and, under torchrun, distributed (how the cells were shared among the processes).
+    """,
+    "neural_raises": """
+    scatac.InputError
+        An argument or option that breaks its rule, before any training.
+    scatac.TrainingFailed
+        The loss became NaN or infinite.
+    """,
+    "factorization_writes": """
+    obsm["X_<key_added>"]
+        (n_cells, latent_dim) float32, the cell factors W.
+    varm["<key_added>_loadings"]
+        (n_peaks, latent_dim) float32, the peak loadings H transposed: which peaks each factor opens.
+    uns[key_added]
+        method, params (latent_dim, seed, layer and every option as used), seconds (fit_s), factorization (the fit's
+        details: backend, iterations, reconstruction error, ...) and, from a store, streamed (True).
+    """,
+    "factorization_raises": """
+    scatac.InputError
+        An argument or option that breaks its rule, before any work.
+    """,
+}
+
+
 def _documented(method: methods.Method):
-    """Append the method's declared options to the function's docstring, as numpydoc's Other Parameters section: each
-    option's name, its rule and its help with the default (what `help(scatac.tl.vae)` and the API reference list)."""
+    """Fill the function's docstring's shared blocks (SHARED_DOCS) and append the method's declared options to it, as
+    numpydoc's Other Parameters section: each option's name, its rule and its help with the default (what
+    `help(scatac.tl.vae)` and the API reference list)."""
 
     def decorate(function):
-        lines = [f"    {p.name} : {p.describe()}\n        {p.help_text()}" for p in method.options]
-        function.__doc__ += "\n    Other Parameters\n    ----------------\n" + "\n".join(lines) + "\n"
+        function = fill_doc(**SHARED_DOCS)(function)
+        # the docstring's indentation, that of its closing quotes' line (none where Python 3.13 dedented it)
+        indent = function.__doc__.rpartition("\n")[2]
+        lines = [f"{indent}{p.name} : {p.describe()}\n{indent}    {p.help_text()}" for p in method.options]
+        function.__doc__ += f"\n{indent}Other Parameters\n{indent}----------------\n" + "\n".join(lines) + "\n"
         return function
 
     return decorate
@@ -186,27 +249,7 @@ def ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device: str = 
 
     Parameters
     ----------
-    adata : AnnData
-        Counts, cells x peaks, in `X` (or `layer`); in memory, or backed by an on-disk store
-        (`anndata.read_h5ad(store, backed="r")`, see `scatac.io.convert_to_store`), whose cells are then streamed in
-        blocks and the neighbour term is off.
-    latent_dim : int
-        Features per cell: at least 1, below the peaks and at most the cells.
-    layer : str or None
-        Read `adata.layers[layer]` instead of `X` (in memory only).
-    seed : int
-        Seeds the weights, the batches and the dropout: the same seed on CPU gives the same features.
-    device : {'auto', 'cpu', 'cuda', 'mps'}
-        Where to train; 'auto': cuda, then mps, then cpu.
-    key_added : str
-        Where the results go (below).
-    progress : bool
-        Show a progress bar per training phase.
-    trainer : scatac.train.Trainer or None
-        Trains the model instead of a Trainer made from `device` and `progress` (compare.py and the benches pass
-        their own).
-    **options
-        The method's options, as the script's flags (listed under Other Parameters with their rules and defaults).
+    {neural_parameters}
 
     Returns
     -------
@@ -215,20 +258,11 @@ def ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device: str = 
 
     Writes
     ------
-    obsm["X_<key_added>"]
-        (n_cells, latent_dim) float32 features, in cell order.
-    uns[key_added]
-        method, params (latent_dim, seed, layer, device and every option as used), decoder ('full' or 'sampled'),
-        batch_size, epochs_trained (per training phase; fewer than asked where early stopping stopped),
-        loss (a DataFrame, one row per epoch: phase, epoch, loss and its terms), seconds (transform_s, train_s)
-        and, under torchrun, distributed (how the cells were shared among the processes).
+    {neural_writes}
 
     Raises
     ------
-    scatac.InputError
-        An argument or option that breaks its rule, before any training.
-    scatac.TrainingFailed
-        The loss became NaN or infinite.
+    {neural_raises}
     """
     return _fit_neural(methods.AE, adata, latent_dim, layer=layer, seed=seed, device=device, key_added=key_added,
                        progress=progress, trainer=trainer, options=options)
@@ -245,27 +279,7 @@ def sparse_ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device:
 
     Parameters
     ----------
-    adata : AnnData
-        Counts, cells x peaks, in `X` (or `layer`); in memory, or backed by an on-disk store
-        (`anndata.read_h5ad(store, backed="r")`, see `scatac.io.convert_to_store`), whose cells are then streamed in
-        blocks and the neighbour term is off.
-    latent_dim : int
-        Features per cell: at least 1, below the peaks and at most the cells.
-    layer : str or None
-        Read `adata.layers[layer]` instead of `X` (in memory only).
-    seed : int
-        Seeds the weights, the batches and the dropout: the same seed on CPU gives the same features.
-    device : {'auto', 'cpu', 'cuda', 'mps'}
-        Where to train; 'auto': cuda, then mps, then cpu.
-    key_added : str
-        Where the results go (below).
-    progress : bool
-        Show a progress bar per training phase.
-    trainer : scatac.train.Trainer or None
-        Trains the model instead of a Trainer made from `device` and `progress` (compare.py and the benches pass
-        their own).
-    **options
-        The method's options, as the script's flags (listed under Other Parameters with their rules and defaults).
+    {neural_parameters}
 
     Returns
     -------
@@ -274,20 +288,11 @@ def sparse_ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device:
 
     Writes
     ------
-    obsm["X_<key_added>"]
-        (n_cells, latent_dim) float32 features, in cell order.
-    uns[key_added]
-        method, params (latent_dim, seed, layer, device and every option as used), decoder ('full' or 'sampled'),
-        batch_size, epochs_trained (per training phase; fewer than asked where early stopping stopped),
-        loss (a DataFrame, one row per epoch: phase, epoch, loss and its terms), seconds (transform_s, train_s)
-        and, under torchrun, distributed (how the cells were shared among the processes).
+    {neural_writes}
 
     Raises
     ------
-    scatac.InputError
-        An argument or option that breaks its rule, before any training.
-    scatac.TrainingFailed
-        The loss became NaN or infinite.
+    {neural_raises}
     """
     return _fit_neural(methods.SPARSE_AE, adata, latent_dim, layer=layer, seed=seed, device=device,
                        key_added=key_added, progress=progress, trainer=trainer, options=options)
@@ -304,27 +309,7 @@ def stacked_ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device
 
     Parameters
     ----------
-    adata : AnnData
-        Counts, cells x peaks, in `X` (or `layer`); in memory, or backed by an on-disk store
-        (`anndata.read_h5ad(store, backed="r")`, see `scatac.io.convert_to_store`), whose cells are then streamed in
-        blocks and the neighbour term is off.
-    latent_dim : int
-        Features per cell: at least 1, below the peaks and at most the cells.
-    layer : str or None
-        Read `adata.layers[layer]` instead of `X` (in memory only).
-    seed : int
-        Seeds the weights, the batches and the dropout: the same seed on CPU gives the same features.
-    device : {'auto', 'cpu', 'cuda', 'mps'}
-        Where to train; 'auto': cuda, then mps, then cpu.
-    key_added : str
-        Where the results go (below).
-    progress : bool
-        Show a progress bar per training phase.
-    trainer : scatac.train.Trainer or None
-        Trains the model instead of a Trainer made from `device` and `progress` (compare.py and the benches pass
-        their own).
-    **options
-        The method's options, as the script's flags (listed under Other Parameters with their rules and defaults).
+    {neural_parameters}
 
     Returns
     -------
@@ -333,20 +318,11 @@ def stacked_ae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device
 
     Writes
     ------
-    obsm["X_<key_added>"]
-        (n_cells, latent_dim) float32 features, in cell order.
-    uns[key_added]
-        method, params (latent_dim, seed, layer, device and every option as used), decoder ('full' or 'sampled'),
-        batch_size, epochs_trained (per training phase; fewer than asked where early stopping stopped),
-        loss (a DataFrame, one row per epoch: phase, epoch, loss and its terms), seconds (transform_s, train_s)
-        and, under torchrun, distributed (how the cells were shared among the processes).
+    {neural_writes}
 
     Raises
     ------
-    scatac.InputError
-        An argument or option that breaks its rule, before any training.
-    scatac.TrainingFailed
-        The loss became NaN or infinite.
+    {neural_raises}
     """
     return _fit_neural(methods.STACKED_AE, adata, latent_dim, layer=layer, seed=seed, device=device,
                        key_added=key_added, progress=progress, trainer=trainer, options=options)
@@ -364,27 +340,7 @@ def vae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device: str =
 
     Parameters
     ----------
-    adata : AnnData
-        Counts, cells x peaks, in `X` (or `layer`); in memory, or backed by an on-disk store
-        (`anndata.read_h5ad(store, backed="r")`, see `scatac.io.convert_to_store`), whose cells are then streamed in
-        blocks and the neighbour term is off.
-    latent_dim : int
-        Features per cell: at least 1, below the peaks and at most the cells.
-    layer : str or None
-        Read `adata.layers[layer]` instead of `X` (in memory only).
-    seed : int
-        Seeds the weights, the batches and the dropout: the same seed on CPU gives the same features.
-    device : {'auto', 'cpu', 'cuda', 'mps'}
-        Where to train; 'auto': cuda, then mps, then cpu.
-    key_added : str
-        Where the results go (below).
-    progress : bool
-        Show a progress bar per training phase.
-    trainer : scatac.train.Trainer or None
-        Trains the model instead of a Trainer made from `device` and `progress` (compare.py and the benches pass
-        their own).
-    **options
-        The method's options, as the script's flags (listed under Other Parameters with their rules and defaults).
+    {neural_parameters}
 
     Returns
     -------
@@ -393,20 +349,12 @@ def vae(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, device: str =
 
     Writes
     ------
-    obsm["X_<key_added>"]
-        (n_cells, latent_dim) float32 features, in cell order.
-    uns[key_added]
-        method, params (latent_dim, seed, layer, device and every option as used), decoder ('full' or 'sampled'),
-        batch_size, epochs_trained (per training phase; fewer than asked where early stopping stopped),
-        loss (a DataFrame, one row per epoch: phase, epoch, loss and its terms), seconds (transform_s, train_s)
-        and, under torchrun, distributed (how the cells were shared among the processes); prior and n_components.
+    {neural_writes}
+        Also prior and n_components, as used.
 
     Raises
     ------
-    scatac.InputError
-        An argument or option that breaks its rule, before any training.
-    scatac.TrainingFailed
-        The loss became NaN or infinite.
+    {neural_raises}
     """
     return _fit_neural(methods.VAE, adata, latent_dim, layer=layer, seed=seed, device=device, key_added=key_added,
                        progress=progress, trainer=trainer, options=options)
@@ -511,18 +459,11 @@ def nmf(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: st
 
     Writes
     ------
-    obsm["X_<key_added>"]
-        (n_cells, latent_dim) float32, the cell factors W.
-    varm["<key_added>_loadings"]
-        (n_peaks, latent_dim) float32, the peak loadings H transposed: which peaks each factor opens.
-    uns[key_added]
-        method, params (latent_dim, seed, layer and every option as used), seconds (fit_s), factorization (the fit's
-        details: backend, iterations, reconstruction error, ...) and, from a store, streamed (True).
+    {factorization_writes}
 
     Raises
     ------
-    scatac.InputError
-        An argument or option that breaks its rule, before any work.
+    {factorization_raises}
     """
     _fit_factorization(methods.NMF, fit_nmf, fit_nmf_stored, adata, latent_dim, layer=layer, seed=seed,
                        key_added=key_added, progress=progress, options=options)
@@ -563,18 +504,11 @@ def lsnmf(adata, latent_dim: int = 10, *, layer=None, seed: int = 0, key_added: 
 
     Writes
     ------
-    obsm["X_<key_added>"]
-        (n_cells, latent_dim) float32, the cell factors W.
-    varm["<key_added>_loadings"]
-        (n_peaks, latent_dim) float32, the peak loadings H transposed: which peaks each factor opens.
-    uns[key_added]
-        method, params (latent_dim, seed, layer and every option as used), seconds (fit_s), factorization (the fit's
-        details: backend, iterations, reconstruction error, ...) and, from a store, streamed (True).
+    {factorization_writes}
 
     Raises
     ------
-    scatac.InputError
-        An argument or option that breaks its rule, before any work.
+    {factorization_raises}
     """
     _fit_factorization(methods.LSNMF, fit_lsnmf, fit_lsnmf_stored, adata, latent_dim, layer=layer, seed=seed,
                        key_added=key_added, progress=progress, options=options)

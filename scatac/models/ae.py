@@ -13,8 +13,10 @@ from torch import nn
 from ..batches import TrainData
 from ..nn import PeakDropout, mlp, reconstruction_nll
 from ..train import Fitted, TrainConfig, Trainer, configure_decoder
+from . import shared_doc
 
 
+@shared_doc
 class AutoEncoder(nn.Module):
     """The plain autoencoder: n_peaks -> hidden_dims -> latent_dim -> reversed hidden_dims -> n_peaks logits.
 
@@ -24,21 +26,11 @@ class AutoEncoder(nn.Module):
 
     Parameters
     ----------
-    n_peaks : int
-        The input and output size.
-    latent_dim : int
-        The code's dimensions.
-    hidden_dims : sequence of int
-        Hidden layer sizes of the encoder, input side first (the decoder mirrors them).
-    input_dropout : float
-        Dropout on the input peaks (denoising).
-    dropout : float
-        Dropout after each hidden layer.
+    {network_parameters}
 
     Attributes
     ----------
-    config : dict
-        The keyword arguments that rebuild it (model.pt stores them).
+    {config_attribute}
     """
 
     def __init__(self, n_peaks: int, latent_dim: int, *, hidden_dims, input_dropout: float, dropout: float):
@@ -54,8 +46,7 @@ class AutoEncoder(nn.Module):
 
         Parameters
         ----------
-        x : scatac.batches.SparseRows or torch.Tensor
-            (batch, n_peaks) transformed accessibility.
+        {input_parameter}
 
         Returns
         -------
@@ -67,32 +58,14 @@ class AutoEncoder(nn.Module):
     def embed(self, batch):
         """The features of a batch: the code of the clean input, without input dropout.
 
-        Parameters
-        ----------
-        batch : scatac.batches.Batch
-            A mini-batch on the model's device.
-
-        Returns
-        -------
-        torch.Tensor
-            (batch, latent_dim).
+        {embed_sections}
         """
         return self.encode(batch.x)
 
     def loss(self, batch, epoch=None):
         """The loss terms on a batch, with input dropout: what the training loop minimizes ("loss") and records.
 
-        Parameters
-        ----------
-        batch : scatac.batches.Batch
-            A mini-batch on the model's device.
-        epoch : int or None
-            The training epoch (unused here; the VAE's KL weight reads it).
-
-        Returns
-        -------
-        dict of torch.Tensor
-            Scalar terms; "loss" is minimized.
+        {loss_sections}
         """
         # denoising: the code of the input with peaks dropped must rebuild all of the cell's open peaks;
         # the decoder's output layer adds each cell's depth offset (nn.PeakOutput)
@@ -100,23 +73,13 @@ class AutoEncoder(nn.Module):
         return {"loss": reconstruction_nll(self.decoder, latent, batch)}
 
 
+@shared_doc
 def fit(data: TrainData, latent_dim: int, network: Mapping, config: TrainConfig, trainer: Trainer, seed: int) -> Fitted:
     """Train `AutoEncoder(**network)` on `data` as `config` says.
 
     Parameters
     ----------
-    data : scatac.batches.TrainData
-        The cells, transformed (or a store's, `scatac.streamed.StoredData`).
-    latent_dim : int
-        The code's dimensions.
-    network : mapping
-        The model class's keyword arguments, resolved by the method's card (`scatac.methods.Method.resolve`).
-    config : scatac.train.TrainConfig
-        What the training loop is asked.
-    trainer : scatac.train.Trainer
-        Where and how to train.
-    seed : int
-        The batches' order (the weights were seeded by the caller).
+    {fit_parameters}
 
     Returns
     -------

@@ -18,6 +18,7 @@ from torch import nn
 from ..batches import TrainData
 from ..nn import PeakDropout, mlp, reconstruction_nll
 from ..train import Fitted, TrainConfig, Trainer, configure_decoder
+from . import shared_doc
 
 
 def kl_sparsity(mean_activation, target: float):
@@ -41,6 +42,7 @@ def kl_sparsity(mean_activation, target: float):
     return (target * torch.log(target / rho_hat) + (1 - target) * torch.log((1 - target) / (1 - rho_hat))).sum()
 
 
+@shared_doc
 class SparseAutoEncoder(nn.Module):
     """The sparse autoencoder: n_peaks -> hidden_dims -> latent_dim (a sigmoid code) -> reversed hidden_dims -> n_peaks.
 
@@ -49,16 +51,7 @@ class SparseAutoEncoder(nn.Module):
 
     Parameters
     ----------
-    n_peaks : int
-        The input and output size.
-    latent_dim : int
-        The code's dimensions.
-    hidden_dims : sequence of int
-        Hidden layer sizes of the encoder, input side first (the decoder mirrors them).
-    input_dropout : float
-        Dropout on the input peaks (denoising).
-    dropout : float
-        Dropout after each hidden layer.
+    {network_parameters}
     sparsity_target : float
         rho, the mean activation each code unit is pushed towards.
     sparsity_weight : float
@@ -66,8 +59,7 @@ class SparseAutoEncoder(nn.Module):
 
     Attributes
     ----------
-    config : dict
-        The keyword arguments that rebuild it (model.pt stores them).
+    {config_attribute}
     """
 
     def __init__(self, n_peaks: int, latent_dim: int, *, hidden_dims, input_dropout: float, dropout: float,
@@ -87,8 +79,7 @@ class SparseAutoEncoder(nn.Module):
 
         Parameters
         ----------
-        x : scatac.batches.SparseRows or torch.Tensor
-            (batch, n_peaks) transformed accessibility.
+        {input_parameter}
 
         Returns
         -------
@@ -104,15 +95,7 @@ class SparseAutoEncoder(nn.Module):
 
         The logits rank cells as the sigmoid code does, without its saturation.
 
-        Parameters
-        ----------
-        batch : scatac.batches.Batch
-            A mini-batch on the model's device.
-
-        Returns
-        -------
-        torch.Tensor
-            (batch, latent_dim).
+        {embed_sections}
         """
         # The code's logits: the same ranking as the sigmoid code, without its saturation, which
         # squeezed apart cell types together (measured: docs/benchmarks.md, "Defaults of the methods").
@@ -123,10 +106,7 @@ class SparseAutoEncoder(nn.Module):
 
         Parameters
         ----------
-        batch : scatac.batches.Batch
-            A mini-batch on the model's device.
-        epoch : int or None
-            The training epoch (unused here; the VAE's KL weight reads it).
+        {loss_parameters}
 
         Returns
         -------
@@ -145,23 +125,13 @@ class SparseAutoEncoder(nn.Module):
         }
 
 
+@shared_doc
 def fit(data: TrainData, latent_dim: int, network: Mapping, config: TrainConfig, trainer: Trainer, seed: int) -> Fitted:
     """Train `SparseAutoEncoder(**network)` on `data` as `config` says.
 
     Parameters
     ----------
-    data : scatac.batches.TrainData
-        The cells, transformed (or a store's, `scatac.streamed.StoredData`).
-    latent_dim : int
-        The code's dimensions.
-    network : mapping
-        The model class's keyword arguments, resolved by the method's card (`scatac.methods.Method.resolve`).
-    config : scatac.train.TrainConfig
-        What the training loop is asked.
-    trainer : scatac.train.Trainer
-        Where and how to train.
-    seed : int
-        The batches' order (the weights were seeded by the caller).
+    {fit_parameters}
 
     Returns
     -------

@@ -18,8 +18,10 @@ from torch import nn
 from ..batches import TrainData
 from ..nn import PeakDropout, mlp, reconstruction_nll
 from ..train import Fitted, TrainConfig, Trainer, configure_decoder
+from . import shared_doc
 
 
+@shared_doc
 class StackedAutoEncoder(nn.Module):
     """The stacked autoencoder: n_peaks -> hidden_dims -> latent_dim -> reversed hidden_dims -> n_peaks, as a stack.
 
@@ -30,21 +32,11 @@ class StackedAutoEncoder(nn.Module):
 
     Parameters
     ----------
-    n_peaks : int
-        The input and output size.
-    latent_dim : int
-        The code's dimensions.
-    hidden_dims : sequence of int
-        Hidden layer sizes of the encoder, input side first (the decoder mirrors them).
-    input_dropout : float
-        Dropout on the input peaks (denoising).
-    dropout : float
-        Dropout after each hidden layer.
+    {network_parameters}
 
     Attributes
     ----------
-    config : dict
-        The keyword arguments that rebuild it (model.pt stores them).
+    {config_attribute}
     """
 
     def __init__(self, n_peaks: int, latent_dim: int, *, hidden_dims, input_dropout: float, dropout: float):
@@ -68,8 +60,7 @@ class StackedAutoEncoder(nn.Module):
 
         Parameters
         ----------
-        x : scatac.batches.SparseRows or torch.Tensor
-            (batch, n_peaks) transformed accessibility.
+        {input_parameter}
         depth : int
             The layer.
 
@@ -106,15 +97,7 @@ class StackedAutoEncoder(nn.Module):
     def embed(self, batch):
         """The features of a batch: the top code of the clean input, without input dropout.
 
-        Parameters
-        ----------
-        batch : scatac.batches.Batch
-            A mini-batch on the model's device.
-
-        Returns
-        -------
-        torch.Tensor
-            (batch, latent_dim).
+        {embed_sections}
         """
         return self.encode_to(batch.x, self.n_layers)
 
@@ -123,8 +106,7 @@ class StackedAutoEncoder(nn.Module):
 
         Parameters
         ----------
-        batch : scatac.batches.Batch
-            A mini-batch on the model's device.
+        {batch_parameter}
 
         Returns
         -------
@@ -137,17 +119,7 @@ class StackedAutoEncoder(nn.Module):
     def loss(self, batch, epoch=None):
         """The loss terms on a batch, with input dropout: what the training loop minimizes ("loss") and records.
 
-        Parameters
-        ----------
-        batch : scatac.batches.Batch
-            A mini-batch on the model's device.
-        epoch : int or None
-            The training epoch (unused here; the VAE's KL weight reads it).
-
-        Returns
-        -------
-        dict of torch.Tensor
-            Scalar terms; "loss" is minimized.
+        {loss_sections}
         """
         return {"loss": self.reconstruction(batch)}
 
@@ -158,8 +130,7 @@ class StackedAutoEncoder(nn.Module):
         ----------
         layer : int
             The layer (0-based): 0 rebuilds the peaks (Bernoulli), the others the codes below (summed squared error).
-        batch : scatac.batches.Batch
-            A mini-batch on the model's device.
+        {batch_parameter}
 
         Returns
         -------
@@ -240,24 +211,14 @@ def finetune(model: StackedAutoEncoder, data: TrainData, config: TrainConfig, tr
     return trainer.train(model, data, config, seed, phase="finetune")
 
 
+@shared_doc
 def fit(data: TrainData, latent_dim: int, network: Mapping, config: TrainConfig, trainer: Trainer, seed: int, *,
         pretrain_epochs: int) -> Fitted:
     """Pretrain layer by layer for `pretrain_epochs` each, then fine-tune the whole stack as `config` says.
 
     Parameters
     ----------
-    data : scatac.batches.TrainData
-        The cells, transformed (or a store's, `scatac.streamed.StoredData`).
-    latent_dim : int
-        The code's dimensions.
-    network : mapping
-        The model class's keyword arguments, resolved by the method's card (`scatac.methods.Method.resolve`).
-    config : scatac.train.TrainConfig
-        What the training loop is asked.
-    trainer : scatac.train.Trainer
-        Where and how to train.
-    seed : int
-        The batches' order (the weights were seeded by the caller).
+    {fit_parameters}
     pretrain_epochs : int
         Epochs of each layer's pretraining.
 

@@ -25,6 +25,7 @@ from torch import nn
 from ..batches import TrainData
 from ..nn import PeakDropout, mlp, reconstruction_nll
 from ..train import Callback, Fitted, TrainConfig, Trainer, configure_decoder
+from . import shared_doc
 
 DEFAULT_COMPONENTS = 8  # mixture components when neither the caller nor the labels say how many
 
@@ -49,6 +50,7 @@ def kl_to_diagonal_gaussians(mean, logvar, prior_mean, prior_logvar):
                   + (mean - prior_mean) ** 2 * torch.exp(-prior_logvar) - 1).sum(dim=2)
 
 
+@shared_doc
 class VariationalAutoEncoder(nn.Module):
     """The VAE: n_peaks -> hidden_dims -> (mean, logvar) of latent_dim -> reversed hidden_dims -> n_peaks logits.
 
@@ -58,16 +60,7 @@ class VariationalAutoEncoder(nn.Module):
 
     Parameters
     ----------
-    n_peaks : int
-        The input and output size.
-    latent_dim : int
-        The code's dimensions.
-    hidden_dims : sequence of int
-        Hidden layer sizes of the encoder, input side first (the decoder mirrors them).
-    input_dropout : float
-        Dropout on the input peaks (denoising).
-    dropout : float
-        Dropout after each hidden layer.
+    {network_parameters}
     prior : {'gmm', 'normal'}
         The prior.
     n_components : int
@@ -75,8 +68,7 @@ class VariationalAutoEncoder(nn.Module):
 
     Attributes
     ----------
-    config : dict
-        The keyword arguments that rebuild it (model.pt stores them).
+    {config_attribute}
     kl_weight : float
         The KL term's weight in the training loss: 1 (the ELBO) unless a KLWarmup is training the model.
     """
@@ -107,8 +99,7 @@ class VariationalAutoEncoder(nn.Module):
 
         Parameters
         ----------
-        x : scatac.batches.SparseRows or torch.Tensor
-            (batch, n_peaks) transformed accessibility.
+        {input_parameter}
 
         Returns
         -------
@@ -121,15 +112,7 @@ class VariationalAutoEncoder(nn.Module):
     def embed(self, batch):
         """The features of a batch: the posterior means of the clean input, without input dropout.
 
-        Parameters
-        ----------
-        batch : scatac.batches.Batch
-            A mini-batch on the model's device.
-
-        Returns
-        -------
-        torch.Tensor
-            (batch, latent_dim).
+        {embed_sections}
         """
         return self.posterior(batch.x)[0]
 
@@ -163,8 +146,7 @@ class VariationalAutoEncoder(nn.Module):
 
         Parameters
         ----------
-        batch : scatac.batches.Batch
-            A mini-batch on the model's device.
+        {batch_parameter}
         epoch : int or None
             The training epoch the loss is taken in, whose KL weight KLWarmup has set (the steps' and the losses its
             record reports); None, outside training: the whole KL (weight 1).
@@ -248,24 +230,14 @@ class KLWarmup(Callback):
         state.model.kl_weight = 1.0
 
 
+@shared_doc
 def fit(data: TrainData, latent_dim: int, network: Mapping, config: TrainConfig, trainer: Trainer, seed: int, *,
         kl_warmup: int) -> Fitted:
     """Train `VariationalAutoEncoder(**network)` on `data` as `config` says, the KL term warmed up (`KLWarmup`).
 
     Parameters
     ----------
-    data : scatac.batches.TrainData
-        The cells, transformed (or a store's, `scatac.streamed.StoredData`).
-    latent_dim : int
-        The code's dimensions.
-    network : mapping
-        The model class's keyword arguments, resolved by the method's card (`scatac.methods.Method.resolve`).
-    config : scatac.train.TrainConfig
-        What the training loop is asked.
-    trainer : scatac.train.Trainer
-        Where and how to train.
-    seed : int
-        The batches' order (the weights were seeded by the caller).
+    {fit_parameters}
     kl_warmup : int
         Epochs over which the KL weight rises from 0 to 1 (`KLWarmup`).
 
