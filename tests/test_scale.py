@@ -8,8 +8,9 @@ METHODS = ["AE", "NMF", "LSNMF"]
 
 def test_scale_quick_writes_table(tmp_path):
     out = tmp_path / "scale.tsv"
-    proc = run_script("bench/scale.py", "--quick", "--export", "--methods", ",".join(METHODS), "--out", out,
-                      "--tmpdir", tmp_path, timeout=600)
+    # --quick's schedule at two smaller sizes: the table's shape, not its numbers, is what is checked
+    proc = run_script("bench/scale.py", "--quick", "--sizes", "1000x2000,2000x2000", "--export", "--methods",
+                      ",".join(METHODS), "--out", out, "--tmpdir", tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out) as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
@@ -18,7 +19,7 @@ def test_scale_quick_writes_table(tmp_path):
     assert expected <= set(rows[0].keys())
     expected = [(m, d) for m in METHODS for d in (("full", "sampled") if m == "AE" else ("-",))]
     assert [(r["n_cells"], r["n_peaks"], r["method"], r["decoder"]) for r in rows] == [
-        (c, p, m, d) for c, p in (("2000", "5000"), ("4000", "5000")) for m, d in expected]
+        (c, p, m, d) for c, p in (("1000", "2000"), ("2000", "2000")) for m, d in expected]
     for r in rows:
         assert r["status"] == "ok"
         for key in ("load_s", "epoch_s", "export_s", "total_s", "peak_rss_mb", "csr_mb", "mem_ratio"):
@@ -26,7 +27,7 @@ def test_scale_quick_writes_table(tmp_path):
     ae = [r for r in rows if r["method"] == "AE"]
     assert all(float(r["mm_efficiency"]) > 0 for r in ae)
     # the sampled decoder trains on an eighth of the cells a batch (auto), the full one on 64
-    assert [r["batch_size"] for r in ae] == ["64", "256", "64", "512"]
+    assert [r["batch_size"] for r in ae] == ["64", "128", "64", "256"]
     # the simulated matrices are the ~2% dense, sparse kind the benchmark is about
     assert all(int(r["nnz"]) < 0.05 * int(r["n_cells"]) * int(r["n_peaks"]) for r in rows)
 

@@ -447,10 +447,11 @@ def test_bad_input_from_the_command_line(tmp_path):
 REAL_EPOCHS = 30
 
 
-@pytest.mark.parametrize("name", ["hemato600", "schep600"])
+@pytest.mark.parametrize("name", ["schep600"])
 def test_ae_beats_chance_on_real_data(name, tmp_path):
-    # Floor 0.3: K-means on random features scores ARI ~0 and LSI (TF-IDF + SVD) reaches ~0.56 (hemato600)
-    # and ~0.65 (schep600); an AE with working defaults must be clearly above chance, if not yet at LSI.
+    # Floor 0.3: K-means on random features scores ARI ~0 and LSI (TF-IDF + SVD) is far above it on schep600; an AE
+    # with working defaults must be clearly above chance, if not yet at LSI. hemato600 is the README example's
+    # (tests/test_api.py), at the AE's default epochs.
     folder = shared_path(name)
     out = tmp_path / name
     done = run_script("AE.py", REAL_EPOCHS, folder, out, 10, folder / "labels.txt", "--no-umap", timeout=600)
