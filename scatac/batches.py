@@ -303,12 +303,14 @@ class InMemoryBatches(BatchSource):
         (n_cells, k) reference neighbours to pair each cell with (`TrainData.neighbors`).
     max_batches : int or None
         Yield only the first N pairs of an epoch (bench/scale.py's time per batch).
+    pairs_from_epoch : int
+        The first epoch whose batches carry neighbour pairs (before it, none are drawn: the term is off).
     """
 
     def __init__(self, data: TrainData, batch_size: int, device, seed: int, rows: np.ndarray | None = None,
-                 neighbors: np.ndarray | None = None, max_batches: int | None = None):
+                 neighbors: np.ndarray | None = None, max_batches: int | None = None, pairs_from_epoch: int = 1):
         self.data, self.batch_size, self.device = data, batch_size, device
-        self.rows, self.max_batches = rows, max_batches
+        self.rows, self.max_batches, self.pairs_from_epoch = rows, max_batches, pairs_from_epoch
         self.rng = np.random.default_rng(seed)
         self.n_cells = data.n_cells if rows is None else len(rows)
         self.batches_per_epoch = math.ceil(self.n_cells / batch_size)
@@ -329,7 +331,7 @@ class InMemoryBatches(BatchSource):
             with torch.profiler.record_function("assemble_batch"):  # named in bench/scale.py --profile
                 batch = self.data.batch(rows, self.device)
             pairs = None
-            if self.neighbors is not None and len(rows) > 1:  # a single cell has no pairs to compare with
+            if self.neighbors is not None and epoch >= self.pairs_from_epoch and len(rows) > 1:  # one cell has no pair
                 # every cell of the batch: the term on a sample of 64 cells of each batch of 512 cost less but lost
                 # more ARI than the term gives (docs/tried-and-dropped.md, "Forms of the neighbour term")
                 partners = draw_neighbors(rows, self.neighbors, self.rng, self.allowed)

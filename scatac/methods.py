@@ -17,7 +17,7 @@ from typing import Mapping
 from .errors import fail
 from .factorization import LSNMF_OPTIONS, NMF_OPTIONS
 from .params import (BATCH_SIZE, DECODER, DROPOUT, EARLY_STOPPING, EPOCHS, HIDDEN_DIMS, INPUT_DROPOUT, LR, NEGATIVES,
-                     NEIGHBOR_WEIGHT, PATIENCE, TRANSFORM, VALIDATION_FRACTION, WEIGHT_DECAY, Options, Param)
+                     NEIGHBOR_AFTER, NEIGHBOR_WEIGHT, PATIENCE, TRANSFORM, VALIDATION_FRACTION, WEIGHT_DECAY, Options, Param)
 from .train import TrainConfig
 
 
@@ -132,12 +132,16 @@ def _network(hidden_dims, input_dropout, input_dropout_help=None, hidden_help=No
     )
 
 
-def _training(neighbor_weight: float = NEIGHBOR_WEIGHT.default) -> Options:
-    """The training options every autoencoder has; the neighbour term's default is the card's own (off where it
-    cost a data set more than one sd: docs/benchmarks.md, "The neighbour term")."""
+def _training(neighbor_weight: float = NEIGHBOR_WEIGHT.default,
+              neighbor_after: int = NEIGHBOR_AFTER.default) -> Options:
+    """The training options every autoencoder has; the neighbour term's weight and start are the card's own
+    (measured per method: docs/benchmarks.md, "The neighbour term")."""
     return Options(BATCH_SIZE, LR, DECODER, NEGATIVES,
                    NEIGHBOR_WEIGHT.but(default=neighbor_weight, help=NEIGHBOR_WEIGHT.help.replace(
                        "(default 0.1)", f"(default {neighbor_weight:g})")),
+                   NEIGHBOR_AFTER.but(default=neighbor_after, help=NEIGHBOR_AFTER.help.replace(
+                       "(default 0: from the first step)", f"(default {neighbor_after})") if neighbor_after else
+                       NEIGHBOR_AFTER.help),
                    TRANSFORM, EARLY_STOPPING, PATIENCE, VALIDATION_FRACTION)
 
 
@@ -166,7 +170,9 @@ SPARSE_AE = Method(
               low=0, high=1, low_open=True, high_open=True),
         Param("sparsity_weight", float, 3.0, "beta: weight of the KL sparsity penalty; 0 turns it off (default 3)", low=0),
     )
-    + _training(neighbor_weight=0.0),
+    # the neighbour term from the start broke schep600 at 20 epochs; turned on for the second half it helped every set
+    # (docs/benchmarks.md, "The neighbour term, turned on late")
+    + _training(neighbor_after=10),
     epoch_options=("epochs",),
     network=NETWORK + ("sparsity_target", "sparsity_weight"),
 )
@@ -180,7 +186,8 @@ STACKED_AE = Method(
                "dropout on the input peaks, denoising as AE (default 0.8, chosen by measurement: see the benchmarks "
                "page)",
                "hidden layer sizes of the stack, input side first; the last layer is latent_dim (default 512 128)")
-    + _training(neighbor_weight=0.0),
+    # as SparseAE's: the term for the second half of fine-tuning (pretraining never has it)
+    + _training(neighbor_after=10),
     epoch_options=("pretrain_epochs", "finetune_epochs"),
     network=NETWORK,
     schedule=("pretrain_epochs",),

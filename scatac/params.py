@@ -314,6 +314,9 @@ NEIGHBOR_WEIGHT = Param("neighbor_weight", float, 0.1,
                         "SnapATAC2's geometry (cosine on the IDF-weighted peaks, latent_dim SVD components) and their "
                         "codes are pulled together relative to random pairs, in proportion to the reconstruction "
                         "loss; 0 turns it off (default 0.1)", low=0, group="training")
+NEIGHBOR_AFTER = Param("neighbor_after", int, 0,
+                       "epochs trained on the reconstruction alone before the neighbour term is turned on; a run of no "
+                       "more epochs trains without it (default 0: from the first step)", low=0, group="training")
 EARLY_STOPPING = Param("early_stopping", bool, False, "hold out --validation-fraction of the cells and stop when their "
                                                      "loss has not improved for --patience epochs (the epochs become "
                                                      "a maximum); the held-out cells still get features",

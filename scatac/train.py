@@ -52,6 +52,8 @@ class TrainConfig:
         The sampled decoder's peaks per batch: a count ('2000') or a ratio to a cell's open peaks ('2x').
     neighbor_weight : float
         The neighbour term's weight (0: off).
+    neighbor_after : int
+        Epochs on the reconstruction alone before the term is turned on (no pairs drawn until then).
     early_stopping : bool
         Hold `validation_fraction` of the cells out and stop once their loss has not improved for `patience` epochs.
     patience : int
@@ -65,6 +67,7 @@ class TrainConfig:
     decoder: str
     negatives: str
     neighbor_weight: float
+    neighbor_after: int
     early_stopping: bool
     patience: int
     validation_fraction: float
@@ -307,7 +310,7 @@ class Trainer:
         self.progress = self.progress and self.world.is_main
 
     def batch_source(self, data: TrainData, batch_size: int, seed: int, training_rows: np.ndarray | None,
-                     neighbor_weight: float) -> BatchSource:
+                     neighbor_weight: float, neighbor_after: int = 0) -> BatchSource:
         """The batches train() draws from unless given its own.
 
         Shuffled in memory over `training_rows`, each cell paired with a reference neighbour when the neighbour term is
@@ -326,6 +329,8 @@ class Trainer:
             The cells to train on (None: every cell).
         neighbor_weight : float
             The neighbour term's weight (0: no pairs).
+        neighbor_after : int
+            Epochs without pairs before the term is turned on.
 
         Returns
         -------
@@ -339,13 +344,15 @@ class Trainer:
                                          rows=training_rows, world=self.world, max_batches=self.max_batches,
                                          device=self.device)
         if not self.world.is_distributed:
-            return InMemoryBatches(data, batch_size, self.device, seed, training_rows, neighbors, self.max_batches)
+            return InMemoryBatches(data, batch_size, self.device, seed, training_rows, neighbors, self.max_batches,
+                                   pairs_from_epoch=neighbor_after + 1)
         rows = distributed.shard(np.arange(data.n_cells) if training_rows is None else training_rows, self.world, seed)
         shards = distributed.gather_objects(rows, self.world)
         self.shards = {"world_size": self.world.size, "cells_per_rank": [len(part) for part in shards],
                        "cells_on_two_ranks": int(sum(map(len, shards)) - len(np.unique(np.concatenate(shards))))}
         return InMemoryBatches(data, distributed.rank_batch_size(batch_size, self.world), self.device,
-                               [seed, self.world.rank], rows, neighbors, self.max_batches)
+                               [seed, self.world.rank], rows, neighbors, self.max_batches,
+                               pairs_from_epoch=neighbor_after + 1)
 
     def step_loss(self, model, loss_fn: Callable, neighbor_weight: float, seed: int, partial: bool = False):
         """What a step calls for its loss and terms: `scatac.nn.StepLoss`, in DistributedDataParallel under torchrun.
@@ -397,7 +404,7 @@ class Trainer:
         `config.early_stopping`, `config.validation_fraction` of the cells (`held_out_cells`) are left out of training
         and their loss is each record's "validation_loss" (`scatac.callbacks.EarlyStopping`). Neighbour term, with
         `config.neighbor_weight` > 0 and `data.neighbors`: each cell of a batch is paired with one of its reference
-        neighbours (`scatac.batches.draw_neighbors`); the features of both (`model.embed`, the neighbour's without a
+        neighbours (`scatac.batches.draw_neighbors`) from epoch `config.neighbor_after` + 1 on; the features of both (`model.embed`, the neighbour's without a
         gradient: a fixed target) give the record's "neighbor" ratio (`scatac.nn.neighbor_ratio`), and the loss
         minimized becomes loss + neighbor_weight x ratio x loss, the last factor held fixed: the term is weighed against
         the reconstruction's own size, which differs a hundredfold between data sets, so that one weight holds on all.
@@ -453,7 +460,8 @@ class Trainer:
         if config.early_stopping:
             training_rows, held_out = training_cells(data.n_cells, config.validation_fraction, seed)
         if batches is None:
-            batches = self.batch_source(data, batch_size, seed, training_rows, config.neighbor_weight)
+            batches = self.batch_source(data, batch_size, seed, training_rows, config.neighbor_weight,
+                                        config.neighbor_after)
         state = TrainState(trainer=self, model=model, data=data, loss_fn=loss_fn, phase=phase, epochs=epochs,
                            batch_size=batch_size, batches=batches)
         # in this order: the full loss replaces the record's terms before anything reads them

@@ -79,3 +79,17 @@ def test_the_term_is_on_by_default_reported_per_epoch_and_off_at_weight_zero(dem
 def test_a_negative_weight_is_an_input_error(demo_adata):
     with pytest.raises(scatac.InputError, match="neighbor_weight"):
         scatac.tl.ae(demo_adata.copy(), 4, epochs=1, neighbor_weight=-1)
+
+
+def test_the_term_can_wait_for_the_reconstruction(demo_adata):
+    """neighbor_after N: the first N epochs train on the reconstruction alone (no pairs drawn, no term recorded)."""
+    adata = demo_adata.copy()
+    scatac.tl.ae(adata, 4, epochs=4, hidden_dims=(32,), trainer=cpu_trainer(), neighbor_after=2)
+    loss = adata.uns["AE"]["loss"]
+    assert adata.uns["AE"]["params"]["neighbor_after"] == 2
+    assert loss["neighbor"].iloc[:2].isna().all() and (loss["neighbor"].iloc[2:] > 0).all()
+    late = adata.obsm["X_AE"].copy()
+    scatac.tl.ae(adata, 4, epochs=4, hidden_dims=(32,), trainer=cpu_trainer(), neighbor_after=4)
+    assert "neighbor" not in adata.uns["AE"]["loss"] and not np.array_equal(adata.obsm["X_AE"], late)
+    with pytest.raises(scatac.InputError, match="neighbor_after"):
+        scatac.tl.ae(adata, 4, epochs=1, neighbor_after=-1)

@@ -45,8 +45,10 @@ def test_train_config_is_frozen_and_holds_the_cards_defaults(card):
 def test_each_card_gives_its_own_defaults():
     """The sampled decoder's 'auto' is the declared default (not 'full'); the neighbour term is the card's own."""
     assert {card.name: card.resolve({}).training.decoder for card in methods.NEURAL} == dict.fromkeys(MODELS, "auto")
-    weights = {card.name: card.resolve({}).training.neighbor_weight for card in methods.NEURAL}
-    assert weights == {"AE": 0.1, "SparseAE": 0.0, "StackedAE": 0.0, "VAE": 0.1}
+    terms = {card.name: (card.resolve({}).training.neighbor_weight, card.resolve({}).training.neighbor_after)
+             for card in methods.NEURAL}
+    # SparseAE and StackedAE train 20 epochs (StackedAE's fine-tuning): the term for their second half
+    assert terms == {"AE": (0.1, 0), "SparseAE": (0.1, 10), "StackedAE": (0.1, 10), "VAE": (0.1, 0)}
     stacked = methods.STACKED_AE.resolve({"pretrain_epochs": 2, "finetune_epochs": 7})
     assert stacked.training.epochs == 7 and dict(stacked.schedule) == {"pretrain_epochs": 2}
     assert dict(methods.VAE.resolve({}).schedule) == {"kl_warmup": 10}
