@@ -9,7 +9,7 @@ data sets, with the references in the same run: LSI (TF-IDF + truncated SVD, as 
 at the latent size and at Signac's defaults, and SnapATAC2's spectral embedding the same two ways when
 snapatac2 is importable. Every method is scored with K-means, with Leiden and with spectral clustering on
 Leiden's neighbour graph, and by the purity of each cell's nearest neighbours (no clustering). Other --flags are
-options of the autoencoders, given to each one that declares them. Prints one table (method,
+options of the methods (e.g. --neighbor-weight, --graph-weight), given to each one that declares them. Prints one table (method,
 dataset, ARI with K-means and with Leiden, NMI, F1, silhouette, seconds) and writes it with --out.
 """
 import argparse
@@ -87,7 +87,7 @@ def main(argv=None):
     names = methods.parse_names(args.methods, compare.METHODS, where="--methods") + compare.reference_names(
         not args.no_snapatac2)
     options = epochs_options(args.epochs)
-    for method in methods.NEURAL:
+    for method in methods.ALL.values():
         options.setdefault(method.name, {}).update(cli.option_overrides(method, extra))
     device = runtime.select_device(args.device)
 

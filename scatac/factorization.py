@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from .errors import fail
 from .params import FACTORIZATION_TRANSFORM, LATENT_DIM, Options, Param, check_latent_size
-from .pp import idf, tfidf, transform
+from .pp import idf, reference_neighbors, tfidf, transform
 
 # nimfa works on a dense float64 copy of V; above this size LSNMF uses the sparse solver below.
 LSNMF_DENSE_LIMIT_BYTES = 1 << 30
@@ -45,6 +45,16 @@ NMF_OPTIONS = Options(
     Param("tol", float, 1e-4, "stopping tolerance", low=0, low_open=True),
     Param("backend", str, "auto", f"full NMF, or MiniBatchNMF (auto: above {MINIBATCH_NMF_ABOVE} cells)",
           choices=("auto", "full", "minibatch")),
+    # the autoencoders' neighbour term, for NMF: the cell factors kept smooth over the cells' reference neighbours
+    # (docs/benchmarks.md, "Graph-regularized NMF")
+    Param("graph_weight", float, 30.0, "weight of the graph term (graph-regularized NMF, Cai et al. 2011): the cell "
+                                       "factors of each cell and its reference neighbours pulled together, relative "
+                                       "to the reconstruction's size; 0 turns it off, as does a store (default 30)",
+          low=0),
+    # 50 keeps the refinement within what a default may cost against the plain fit (docs/benchmarks.md,
+    # "Graph-regularized NMF")
+    Param("graph_iter", int, 50, "multiplicative updates of the graph-regularized objective after the plain fit "
+                                 "(default 50)", low=1),
 )
 LSNMF_OPTIONS = Options(
     FACTORIZATION_TRANSFORM,
@@ -353,6 +363,72 @@ def fit_lsnmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, dense_limit_bytes: 
     return W.astype(np.float32), H.astype(np.float32), info_dict
 
 
+def neighbor_graph_parts(neighbors: np.ndarray) -> tuple:
+    """The symmetric 0/1 adjacency of the cells' reference neighbours and its degrees: the graph Laplacian's parts.
+
+    Parameters
+    ----------
+    neighbors : numpy.ndarray
+        (n_cells, k) int, each cell's neighbours (`scatac.pp.reference_neighbors`).
+
+    Returns
+    -------
+    adjacency : scipy.sparse.csr_matrix
+        (n_cells, n_cells) float64: 1 where either cell lists the other.
+    degree : numpy.ndarray
+        (n_cells,) float64, the row sums.
+    """
+    n_cells = neighbors.shape[0]
+    rows = np.repeat(np.arange(n_cells), neighbors.shape[1])
+    listed = sp.csr_matrix((np.ones(rows.size), (rows, neighbors.ravel())), shape=(n_cells, n_cells))
+    adjacency = ((listed + listed.T) > 0).astype(np.float64).tocsr()
+    return adjacency, np.asarray(adjacency.sum(axis=1)).ravel()
+
+
+def graph_regularized_updates(V: sp.csr_matrix, W: np.ndarray, H: np.ndarray, neighbors: np.ndarray, weight: float,
+                              n_iter: int) -> tuple:
+    """Graph-regularized NMF (GNMF; Cai, He, Han and Huang, TPAMI 2011) by multiplicative updates from (W, H).
+
+    Minimizes ||V - W H||_F^2 + lambda tr(W^T L W), L = D - A the Laplacian of the cells' symmetric neighbour graph:
+    the second term is half the sum, over neighbouring cells, of the squared distance between their cell factors, so
+    it keeps cells that are near under the reference geometry near in the factors (the autoencoders' neighbour term,
+    for NMF). The updates are Cai et al.'s: W <- W (V H^T + lambda A W) / (W H H^T + lambda D W), H <- H (W^T V) /
+    (W^T W H), each non-increasing in the objective. lambda = `weight` x (||V||^2 / n_cells) / (mean degree x ||W||^2
+    / n_cells) at the start, so that one weight holds on inputs of any scale.
+
+    Parameters
+    ----------
+    V : scipy.sparse.csr_matrix
+        (n_cells, n_peaks) the factorized input.
+    W, H : numpy.ndarray
+        (n_cells, rank) and (rank, n_peaks), the start (a plain NMF fit).
+    neighbors : numpy.ndarray
+        (n_cells, k) each cell's reference neighbours.
+    weight : float
+        The graph term's relative weight.
+    n_iter : int
+        Updates of W and H.
+
+    Returns
+    -------
+    W, H : numpy.ndarray
+        float64, the refined factors.
+    lam : float
+        lambda as used.
+    """
+    tiny = np.finfo(np.float64).eps
+    adjacency, degree = neighbor_graph_parts(neighbors)
+    V = sp.csr_matrix(V, dtype=np.float64)
+    V_t = V.T.tocsr()  # W^T V as (V^T W)^T: one CSR product a step, not a transposed copy each time
+    W, H = np.array(W, dtype=np.float64), np.array(H, dtype=np.float64)
+    n_cells = V.shape[0]
+    lam = weight * (V.multiply(V).sum() / n_cells) / max(degree.mean() * (W ** 2).sum() / n_cells, tiny)
+    for _ in range(n_iter):
+        W *= (V @ H.T + lam * (adjacency @ W)) / np.maximum(W @ (H @ H.T) + lam * degree[:, None] * W, tiny)
+        H *= (V_t @ W).T / np.maximum((W.T @ W) @ H, tiny)
+    return W, H, float(lam)
+
+
 def fit_nmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, batch_size: int = 1024,
             minibatch_above: int = MINIBATCH_NMF_ABOVE, **options):
     """NMF by scikit-learn on the sparse matrix (Frobenius loss), V ~ W H.
@@ -361,7 +437,9 @@ def fit_nmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, batch_size: int = 102
     scikit-learn's NMF and MiniBatchNMF work on sparse input. The defaults (init nndsvda, solver mu, idf input) were
     chosen by measurement (the documentation's benchmarks page). Backend 'full' is sklearn.decomposition.NMF with
     `init` and `solver`; 'minibatch' is MiniBatchNMF, multiplicative updates over `batch_size` cells; 'auto' takes
-    minibatch above `minibatch_above` cells.
+    minibatch above `minibatch_above` cells. With `graph_weight` > 0 the fit is then refined by `graph_iter` updates of
+    graph-regularized NMF (`graph_regularized_updates`) over the cells' reference neighbours
+    (`scatac.pp.reference_neighbors` of X, `rank` components: the autoencoders' neighbour term's geometry).
 
     Parameters
     ----------
@@ -376,7 +454,7 @@ def fit_nmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, batch_size: int = 102
     minibatch_above : int
         'auto' takes MiniBatchNMF above this many cells.
     **options
-        `NMF_OPTIONS`: transform, max_iter, init, solver, tol, backend (checked there).
+        `NMF_OPTIONS`: transform, max_iter, init, solver, tol, backend, graph_weight, graph_iter (checked there).
 
     Returns
     -------
@@ -385,8 +463,9 @@ def fit_nmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, batch_size: int = 102
     loadings : numpy.ndarray
         (rank, n_peaks) float32, H.
     info : dict
-        backend, transform, rank, seed, init, solver, max_iter, tol, n_iter, converged, fit_s, reconstruction_err
-        (the Frobenius norm of V - W H) and, for minibatch, batch_size.
+        backend, transform, rank, seed, init, solver, max_iter, tol, n_iter (the plain fit's), converged, graph_weight,
+        graph_iter and graph_lambda (lambda as used; 0 without the graph term), fit_s, reconstruction_err (the
+        Frobenius norm of V - W H) and, for minibatch, batch_size.
     """
     from sklearn.decomposition import NMF, MiniBatchNMF
     from sklearn.exceptions import ConvergenceWarning
@@ -395,9 +474,10 @@ def fit_nmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, batch_size: int = 102
     rank = check_rank(rank, n_cells, n_peaks)
     o = NMF_OPTIONS.resolve(options, where="nmf")
     transform, max_iter, init, solver, tol, backend = (o[k] for k in ("transform", "max_iter", "init", "solver", "tol", "backend"))
+    graph_weight, graph_iter = o["graph_weight"], o["graph_iter"]
     if backend == "auto":
         backend = "minibatch" if n_cells > minibatch_above else "full"
-    X = factorization_input(X, transform)
+    counts, X = X, factorization_input(X, transform)
     if backend == "full":
         model = NMF(n_components=rank, init=init, solver=solver, max_iter=max_iter, tol=tol, random_state=seed)
     else:
@@ -409,6 +489,10 @@ def fit_nmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, batch_size: int = 102
         W = model.fit_transform(X)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     H = model.components_
+    lam = 0.0
+    if graph_weight > 0 and n_cells > 1:
+        neighbors = reference_neighbors(counts, n_components=rank, seed=seed)
+        W, H, lam = graph_regularized_updates(X, W, H, neighbors, graph_weight, graph_iter)
     info_dict = {
         "backend": backend,
         "transform": transform,
@@ -420,6 +504,9 @@ def fit_nmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, batch_size: int = 102
         "tol": tol,
         "n_iter": int(model.n_iter_),
         "converged": converged,
+        "graph_weight": graph_weight if lam > 0 else 0.0,
+        "graph_iter": graph_iter if lam > 0 else 0,
+        "graph_lambda": lam,
         "fit_s": time.perf_counter() - started,
         "reconstruction_err": factorization_error(X, W, H),
     }
@@ -664,7 +751,7 @@ def fit_nmf_stored(counts, rank: int, seed: int = 0, *, batch_size: int = 1024, 
         A tqdm bar over each pass's blocks, then the transform's.
     **options
         `NMF_OPTIONS`. max_iter counts passes over the store; transform makes V (default idf); init and tol as
-        MiniBatchNMF takes them. backend must be 'auto' or 'minibatch' and solver 'mu' (MiniBatchNMF has
+        MiniBatchNMF takes them; graph_weight and graph_iter are not used (the graph term is off from a store). backend must be 'auto' or 'minibatch' and solver 'mu' (MiniBatchNMF has
         multiplicative updates only): anything else is an InputError.
 
     Returns
@@ -767,6 +854,9 @@ def fit_nmf_stored(counts, rank: int, seed: int = 0, *, batch_size: int = 1024, 
         "block_cells": block_cells,
         "init_cells": int(len(sample)),
         "forget_factor": forget_factor,
+        "graph_weight": 0.0,  # the graph term needs every cell's neighbours at hand: off from a store
+        "graph_iter": 0,
+        "graph_lambda": 0.0,
     }
     return W, H.astype(np.float32), info_dict
 
@@ -957,4 +1047,5 @@ def lsi_stored(counts, n_components: int, seed: int = 0, drop_first: bool = True
 
 
 __all__ = ["fit_nmf", "fit_lsnmf", "lsi", "fit_nmf_stored", "fit_lsnmf_stored", "lsi_stored", "StoredInput",
-           "factorization_input", "random_vcol_init", "import_nimfa"]
+           "factorization_input", "graph_regularized_updates", "neighbor_graph_parts", "random_vcol_init",
+           "import_nimfa"]

@@ -170,8 +170,8 @@ SPARSE_AE = Method(
               low=0, high=1, low_open=True, high_open=True),
         Param("sparsity_weight", float, 3.0, "beta: weight of the KL sparsity penalty; 0 turns it off (default 3)", low=0),
     )
-    # the neighbour term from the start broke schep600 at 20 epochs; turned on for the second half it helped every set
-    # (docs/benchmarks.md, "The neighbour term, turned on late")
+    # the neighbour term from the first step broke a set at 20 epochs; turned on for the second half, it helped
+    # every set (docs/benchmarks.md, "The neighbour term, turned on late")
     + _training(neighbor_after=10),
     epoch_options=("epochs",),
     network=NETWORK + ("sparsity_target", "sparsity_weight"),

@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import methods
-from .errors import fail
+from .errors import fail, info
 from .evaluate import evaluate, umap_coordinates
 from .factorization import (check_rank, fit_lsnmf, fit_lsnmf_stored, fit_nmf, fit_nmf_stored, lsi as lsi_features,
                             lsi_stored)
@@ -402,6 +402,9 @@ def _fit_factorization(method: methods.Method, fit, stored_fit, adata, latent_di
     streamed = _is_backed(adata)
     if streamed:
         counts = _store_of(adata, method.name, layer)
+        if options.get("graph_weight", 0) > 0:  # NMF's graph term needs every cell's neighbours at hand
+            info(f"{method.name}: graph term off: the cells are read from {adata.filename} a block at a time")
+            options = {**options, "graph_weight": 0.0}
         try:
             latent_dim = check_rank(latent_dim, *counts.shape, source=_source(adata))
             cell_factors, loadings, details = stored_fit(counts, latent_dim, seed=seed, block_cells=STORE_BLOCK_CELLS,

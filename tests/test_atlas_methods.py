@@ -82,6 +82,8 @@ def test_nmf_from_a_store_reads_blocks_and_clusters_as_in_memory(backed, whole):
     assert backed.varm["NMF_loadings"].shape == (N_PEAKS, 5)
     record = backed.uns["NMF"]
     assert record["streamed"] is True and record["params"]["transform"] == "idf"
+    # the graph term needs every cell's neighbours at hand: off from a store, and recorded so
+    assert record["params"]["graph_weight"] == 0 and record["factorization"]["graph_lambda"] == 0
     details = record["factorization"]
     assert details["streamed"] and details["backend"] == "minibatch" and details["init_cells"] == INIT_CELLS
     assert 1 <= details["n_iter"] <= 400 and np.isfinite(details["reconstruction_err"])

@@ -210,3 +210,42 @@ def test_lsi_on_idf_input_is_the_svd_of_pp_idf(counts):
     assert scores["ARI"] > 0.5  # the simulated types separate
     with pytest.raises(ValueError, match="transform: must be one of 'tfidf', 'idf', got 'binary'"):
         factorization.lsi(X_counts, 4, transform="binary")
+
+
+def gnmf_objective(V, W, H, neighbors, lam):
+    adjacency, degree = factorization.neighbor_graph_parts(neighbors)
+    laplacian_term = (degree[:, None] * W * W).sum() - (W * (adjacency @ W)).sum()  # tr(W^T (D - A) W)
+    return factorization._squared_error(sp.csr_matrix(V, dtype=np.float64), W, H) + lam * laplacian_term
+
+
+def test_graph_regularized_updates_lower_their_objective_and_pull_neighbours_together(counts):
+    """Cai et al.'s updates never raise ||V - WH||^2 + lambda tr(W^T L W) at a fixed lambda; fit_nmf's default
+    refinement leaves the neighbours' factors nearer than the plain fit's, which graph_weight 0 gives unchanged."""
+    X, _ = counts
+    V = transform(X, "idf").astype(np.float64)
+    W0, H0, _ = factorization.fit_nmf(X, 4, seed=0, graph_weight=0)
+    W0, H0 = W0.astype(np.float64), H0.astype(np.float64)
+    neighbors = scatac.pp.reference_neighbors(X, n_components=4)
+    W, H, lam = factorization.graph_regularized_updates(V, W0, H0, neighbors, 30.0, 1)
+    assert lam > 0
+    adjacency, degree = factorization.neighbor_graph_parts(neighbors)
+    tiny = np.finfo(np.float64).eps
+    before = gnmf_objective(V, W, H, neighbors, lam)
+    for _ in range(10):  # the update rule at the fixed lambda
+        W *= (V @ H.T + lam * (adjacency @ W)) / np.maximum(W @ (H @ H.T) + lam * degree[:, None] * W, tiny)
+        H *= (V.T @ W).T / np.maximum((W.T @ W) @ H, tiny)
+        now = gnmf_objective(V, W, H, neighbors, lam)
+        assert now <= before * (1 + 1e-9)
+        before = now
+
+    def neighbour_spread(W):
+        W = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
+        return float(((W[:, None, :] - W[neighbors]) ** 2).sum(-1).mean())
+
+    W_graph, _, info = factorization.fit_nmf(X, 4, seed=0)
+    assert info["graph_weight"] == 30 and info["graph_iter"] == 50 and info["graph_lambda"] > 0
+    assert neighbour_spread(W_graph.astype(np.float64)) < 0.8 * neighbour_spread(W0)
+    W_plain, _, plain = factorization.fit_nmf(X, 4, seed=0, graph_weight=0)
+    assert plain["graph_lambda"] == 0 and np.array_equal(W_plain, W0.astype(np.float32))
+    with pytest.raises(scatac.InputError, match="graph_weight"):
+        factorization.fit_nmf(X, 4, graph_weight=-1)
