@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import scatac
-from conftest import DEMO, run_script
+from conftest import DEMO, run_in_process
 from scatac.evaluate import cluster_space, evaluate, kmeans, knn_purity, leiden, neighbor_graph, spectral
 
 
@@ -60,8 +60,8 @@ def test_without_labels_leiden_runs_at_its_resolution(demo_lsi):
 
 
 def test_a_script_clusters_with_leiden(tmp_path):
-    done = run_script("AE.py", 3, DEMO, tmp_path / "out", 4, DEMO / "labels.txt", "--cluster", "leiden",
-                      "--no-umap", "--threads", "1", "--hidden-dims", "32")
+    done = run_in_process("AE.py", 3, DEMO, tmp_path / "out", 4, DEMO / "labels.txt", "--cluster", "leiden",
+                          "--no-umap", "--threads", "1", "--hidden-dims", "32")
     assert done.returncode == 0, done.stderr
     scores = dict(line.split("\t") for line in (tmp_path / "out" / "scores.tsv").read_text().splitlines()[1:])
     assert int(float(scores["n_clusters"])) == 6 and float(scores["resolution"]) > 0
@@ -72,7 +72,7 @@ def test_a_script_clusters_with_leiden(tmp_path):
 @pytest.mark.parametrize("flags, words", [(["--cluster", "louvain"], "--cluster"),
                                           (["--cluster", "leiden", "--resolution", "0"], "--resolution")])
 def test_bad_clustering_options_are_one_line(tmp_path, flags, words):
-    done = run_script("AE.py", 3, DEMO, tmp_path / "out", 4, *flags)
+    done = run_in_process("AE.py", 3, DEMO, tmp_path / "out", 4, *flags)
     assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import scatac
-from conftest import DEMO, run_script
+from conftest import DEMO, run_in_process
 
 SMALL = dict(hidden_dims=(64,), progress=False)
 
@@ -41,8 +41,8 @@ def test_the_same_seed_stops_at_the_same_epoch_with_the_same_features(demo):
 
 
 def test_a_script_records_the_epochs_it_stopped_at(tmp_path):
-    done = run_script("StackedAE.py", 2, 200, DEMO, tmp_path / "out", 4, "--early-stopping", "--patience", "2",
-                      "--no-umap", "--threads", "1", "--hidden-dims", "32")
+    done = run_in_process("StackedAE.py", 2, 200, DEMO, tmp_path / "out", 4, "--early-stopping", "--patience", "2",
+                          "--no-umap", "--threads", "1", "--hidden-dims", "32")
     assert done.returncode == 0, done.stderr
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     trained = run["fit"]["epochs_trained"]
@@ -52,5 +52,5 @@ def test_a_script_records_the_epochs_it_stopped_at(tmp_path):
 @pytest.mark.parametrize("flags, words", [(["--early-stopping", "--validation-fraction", "0.7"], "--validation-fraction"),
                                           (["--early-stopping", "--patience", "0"], "--patience")])
 def test_bad_early_stopping_options_are_one_line(tmp_path, flags, words):
-    done = run_script("AE.py", 3, DEMO, tmp_path / "out", 4, *flags)
+    done = run_in_process("AE.py", 3, DEMO, tmp_path / "out", 4, *flags)
     assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr

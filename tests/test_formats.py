@@ -9,7 +9,7 @@ import scipy.io
 import scipy.sparse as sp
 
 import scatac
-from conftest import DEMO, run_script
+from conftest import DEMO, run_in_process
 from scatac.errors import InputError
 
 GENES = 50  # Gene Expression features beside the peaks in a Multiome file
@@ -143,10 +143,10 @@ def test_an_x_that_disagrees_with_scanpys_total_counts_warns(demo, tmp_path, cap
 def test_the_layer_option_on_a_script(demo, tmp_path):
     path = tmp_path / "signac.h5ad"
     normalized_with_counts(demo).write_h5ad(path)
-    done = run_script("AE.py", 2, path, tmp_path / "out", 4, "--layer", "counts", "--no-umap", "--threads", "1",
-                      "--hidden-dims", "32")
+    done = run_in_process("AE.py", 2, path, tmp_path / "out", 4, "--layer", "counts", "--no-umap", "--threads", "1",
+                          "--hidden-dims", "32")
     assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
-    done = run_script("AE.py", 2, DEMO, tmp_path / "out2", 4, "--layer", "counts")
+    done = run_in_process("AE.py", 2, DEMO, tmp_path / "out2", 4, "--layer", "counts")
     assert done.returncode == 2 and done.stderr.strip().endswith("--layer applies to AnnData .h5ad and MuData .h5mu files")
 
 
@@ -227,8 +227,8 @@ def test_result_h5ad_keeps_the_inputs_columns_peak_coordinates_and_colours(demo,
     adata.obs["cell_type"] = scatac.read(DEMO, labels=DEMO / "labels.txt").obs["label"].to_numpy()
     path = tmp_path / "input.h5ad"
     adata.write_h5ad(path)
-    done = run_script("AE.py", 2, path, tmp_path / "out", 4, "--label-key", "cell_type", "--no-umap", "--threads", "1",
-                      "--hidden-dims", "32")
+    done = run_in_process("AE.py", 2, path, tmp_path / "out", 4, "--label-key", "cell_type", "--no-umap", "--threads",
+                          "1", "--hidden-dims", "32")
     assert done.returncode == 0, done.stderr
     result = anndata.read_h5ad(tmp_path / "out" / "result.h5ad")
     assert {"sample", "cell_type", "label", "cluster"} <= set(result.obs.columns)

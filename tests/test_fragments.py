@@ -5,7 +5,7 @@ import gzip
 import pytest
 
 import scatac
-from conftest import run_script
+from conftest import run_in_process
 from scatac.errors import InputError
 from scatac.io.fragments import count_fragments
 from scatac.simulate import simulate_atac, simulate_fragments
@@ -107,9 +107,9 @@ def test_a_fragment_file_of_any_name_is_read_when_given_peaks(simulated, tmp_pat
 def test_a_script_trains_on_a_fragment_file(simulated, tmp_path):
     folder, barcodes, peaks, _, labels = simulated
     (tmp_path / "labels.txt").write_text("".join(f"{b}\t{label}\n" for b, label in zip(barcodes, labels)))
-    done = run_script("AE.py", 2, folder / "fragments.tsv.gz", tmp_path / "out", 4, tmp_path / "labels.txt",
-                      "--peaks", folder / "peaks.bed", "--min-fragments", 5, "--no-umap", "--threads", "1",
-                      "--hidden-dims", "32")
+    done = run_in_process("AE.py", 2, folder / "fragments.tsv.gz", tmp_path / "out", 4, tmp_path / "labels.txt",
+                          "--peaks", folder / "peaks.bed", "--min-fragments", 5, "--no-umap", "--threads", "1",
+                          "--hidden-dims", "32")
     assert done.returncode == 0, done.stderr
     assert "300 of 350 barcodes have >= 5 fragments" in done.stderr
     assert len((tmp_path / "out" / "feature.txt").read_text().splitlines()) > 250

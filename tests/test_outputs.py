@@ -16,7 +16,7 @@ import pytest
 
 import common
 import compare
-from conftest import DEMO, REPO, run_script
+from conftest import DEMO, REPO, run_in_process, run_script
 from scatac import cli, files, methods
 from scatac.errors import InputError
 
@@ -24,8 +24,8 @@ FAST = ["--no-umap", "--threads", "1", "--hidden-dims", "32"]
 
 
 def ae(*args):
-    """AE.py in a subprocess: 3 epochs on `data`, latent 4."""
-    return run_script("AE.py", 3, *args[:2], 4, *args[2:])
+    """AE.py in this process (conftest.run_in_process): 3 epochs on `data`, latent 4."""
+    return run_in_process("AE.py", 3, *args[:2], 4, *args[2:])
 
 
 def snapshot(folder: Path) -> dict:
@@ -112,7 +112,7 @@ def test_a_second_run_into_a_held_folder_is_refused(earlier, tmp_path):
         for line in first.stderr:  # the lock is taken before loading; training starts after it
             if "training on" in line:
                 break
-        second = ae(DEMO, out, *FAST)
+        second = run_script("AE.py", 3, DEMO, out, 4, *FAST)  # a process of its own: the lock is between processes
         one_error_line(second, str(out), "another run")
     finally:
         first.stderr.read()
@@ -254,7 +254,7 @@ def test_a_full_disk_is_one_line_naming_the_file(earlier, tmp_path, monkeypatch,
 # Checks before work: no progress line before the error, no matrix read for what needs none
 # --------------------------------------------------------------------------
 def test_a_latent_size_the_header_rules_out_is_refused_before_loading(tmp_path):
-    line = one_error_line(run_script("AE.py", 2, DEMO, tmp_path / "out", 5000, *FAST), "latent_dim 5000")
+    line = one_error_line(run_in_process("AE.py", 2, DEMO, tmp_path / "out", 5000, *FAST), "latent_dim 5000")
     assert "number of peaks in the file (3000)" in line  # the header's, before anything is read
 
 
@@ -264,7 +264,7 @@ def test_an_outdir_under_proc_is_refused_first(tmp_path):
 
 def test_data_checks_come_before_any_progress_line(tmp_path):
     # the header allows latent 100 (800 cells x 3,000 peaks); peaks open in 15% of the cells are fewer (72)
-    one_error_line(run_script("AE.py", 2, DEMO, tmp_path / "out", 100, "--min-cells-per-peak", "0.15", *FAST),
+    one_error_line(run_in_process("AE.py", 2, DEMO, tmp_path / "out", 100, "--min-cells-per-peak", "0.15", *FAST),
                    "latent_dim 100 must be smaller than the number of peaks kept (72)")
     folder = copy_demo(tmp_path, cells=1)
     one_error_line(ae(folder, tmp_path / "out", *FAST), "latent_dim 4 must not exceed the number of cells in the file (1)")
@@ -311,7 +311,8 @@ def test_folders_a_failed_run_made_are_removed(tmp_path):
 
 def test_a_batch_of_one_cell_trains(tmp_path):
     folder = copy_demo(tmp_path, cells=40)
-    done = run_script("AE.py", 1, folder, tmp_path / "out", 3, "--batch-size", "1", "--min-cells-per-peak", "2", *FAST)
+    done = run_in_process("AE.py", 1, folder, tmp_path / "out", 3, "--batch-size", "1", "--min-cells-per-peak", "2",
+                          *FAST)
     assert done.returncode == 0, done.stderr
     loss = (tmp_path / "out" / "loss.tsv").read_text().splitlines()
     assert loss[0].split("\t")[:3] == ["phase", "epoch", "loss"] and np.isfinite(float(loss[1].split("\t")[2]))
@@ -485,4 +486,4 @@ def test_a_file_named_like_a_method_folder_is_refused_before_fitting(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "NMF").write_text("not a folder\n")
-    one_error_line(run_script("compare.py", DEMO, out, 4, *SMALL), "NMF", "not a folder")
+    one_error_line(run_in_process("compare.py", DEMO, out, 4, *SMALL), "NMF", "not a folder")

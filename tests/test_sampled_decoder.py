@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import scatac
-from conftest import DEMO, cpu_trainer, read_scores, resolved, run_script, train_data
+from conftest import DEMO, cpu_trainer, read_scores, resolved, run_in_process, train_data
 from scatac import methods
 from scatac.batches import Batch
 from scatac.models.ae import AutoEncoder
@@ -95,13 +95,13 @@ def test_the_reported_loss_is_the_full_loss(demo_adata):
 
 def test_the_sampled_decoder_from_the_command_line(tmp_path):
     out = tmp_path / "run"
-    done = run_script("AE.py", 20, DEMO, out, 6, DEMO / "labels.txt", "--decoder", "sampled", "--negatives", "3x",
-                      "--no-umap", "--hidden-dims", "64", "--threads", "1")
+    done = run_in_process("AE.py", 20, DEMO, out, 6, DEMO / "labels.txt", "--decoder", "sampled", "--negatives", "3x",
+                          "--no-umap", "--hidden-dims", "64", "--threads", "1")
     assert done.returncode == 0, done.stderr
     header = (out / "loss.tsv").read_text().splitlines()[0].split("\t")
     assert header == ["phase", "epoch", "loss", "sampled_loss"]
     assert read_scores(out)["ARI"] > 0.3  # the demo's six types; chance is ~0
-    bad = run_script("AE.py", 2, DEMO, tmp_path / "bad", 6, "--negatives", "0")
+    bad = run_in_process("AE.py", 2, DEMO, tmp_path / "bad", 6, "--negatives", "0")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
         "error: --negatives: must be a count like '2000' or a ratio like '4x', got '0'")
 

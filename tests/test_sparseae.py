@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import scatac
-from conftest import DEMO, cpu_trainer, labelled, read_scores, resolved, run_script, shared_path, train_data
+from conftest import (DEMO, cpu_trainer, labelled, read_scores, resolved, run_in_process, run_script,
+                      shared_path, train_data)
 from scatac.batches import Batch
 from scatac.models.sparse_ae import SparseAutoEncoder, kl_sparsity
 
@@ -20,7 +21,8 @@ def test_outputs_parse_back_with_the_right_shapes(tmp_path, demo_adata):
     import anndata
 
     out = tmp_path / "run"
-    done = run_script("SparseAE.py", 4, DEMO, out, 7, DEMO / "labels.txt", "--no-umap", "--hidden-dims", "64", "--threads", "1")
+    done = run_in_process("SparseAE.py", 4, DEMO, out, 7, DEMO / "labels.txt", "--no-umap", "--hidden-dims", "64",
+                          "--threads", "1")
     assert done.returncode == 0, done.stderr
     n_cells = len((DEMO / "barcodes.txt").read_text().split())
     rows = [line.split("\t") for line in (out / "feature.txt").read_text().splitlines()]

@@ -431,13 +431,20 @@ def test_bad_input_is_one_error_line(case, tmp_path, capsys):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_bad_input_from_the_command_line(tmp_path):
+# the epochs each script takes before <data> (compare.py takes them as options)
+SCRIPT_EPOCHS = {"AE.py": [2], "SparseAE.py": [2], "StackedAE.py": [1, 1], "VAE.py": [2], "compare.py": []}
+
+
+@pytest.mark.parametrize("script", list(SCRIPT_EPOCHS))
+def test_bad_input_from_the_command_line(script, tmp_path):
+    """Each script's command line in a process of its own (most other tests run the scripts in process): a user's
+    error is one line on stderr, exit status 2, no traceback, no output folder."""
     out = tmp_path / "out"
-    done = run_script("AE.py", 2, tmp_path / "missing_folder", out, LATENT, "--no-umap")
-    assert done.returncode == 2
+    done = run_script(script, *SCRIPT_EPOCHS[script], tmp_path / "missing_folder", out, LATENT, "--no-umap")
+    assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("error: ") and "missing_folder" in lines[-1]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "missing_folder" in lines[0], done.stderr
     assert not out.exists()
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 import scatac
-from conftest import DEMO, cpu_trainer, labelled, resolved, run_script, shared_path, train_data
+from conftest import DEMO, cpu_trainer, labelled, resolved, run_in_process, shared_path, train_data
 from scatac.batches import Batch
 from scatac.io import write_10x
 from scatac.models import stacked_ae
@@ -35,8 +35,8 @@ def test_outputs_parse_back_and_loss_marks_each_phase(tmp_path, demo_adata):
     import anndata
 
     out = tmp_path / "run"
-    done = run_script("StackedAE.py", 4, 3, DEMO, out, 6, DEMO / "labels.txt", "--no-umap",
-                      "--hidden-dims", "64", "32", "--threads", "1")
+    done = run_in_process("StackedAE.py", 4, 3, DEMO, out, 6, DEMO / "labels.txt", "--no-umap",
+                          "--hidden-dims", "64", "32", "--threads", "1")
     assert done.returncode == 0, done.stderr
     n_cells = len((DEMO / "barcodes.txt").read_text().split())
     rows = [line.split("\t") for line in (out / "feature.txt").read_text().splitlines()]
@@ -128,7 +128,8 @@ def test_any_number_of_peaks_is_accepted(tmp_path):
     # the original hard-coded 11,285 input peaks
     X, labels, barcodes, peaks = simulate_atac(n_cells=60, n_peaks=321, n_types=2, density=0.1, seed=1)
     write_10x(tmp_path / "tiny", X, barcodes, peaks, labels)
-    done = run_script("StackedAE.py", 1, 1, tmp_path / "tiny", tmp_path / "out", 3, "--no-umap", "--hidden-dims", "16")
+    done = run_in_process("StackedAE.py", 1, 1, tmp_path / "tiny", tmp_path / "out", 3, "--no-umap", "--hidden-dims",
+                          "16")
     assert done.returncode == 0, done.stderr
     rows = (tmp_path / "out" / "feature.txt").read_text().splitlines()
     assert len(rows) > 50 and all(len(row.split("\t")) == 4 for row in rows)

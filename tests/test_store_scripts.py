@@ -1,8 +1,9 @@
 """The method scripts' --store: the filtered input written once into an on-disk store (scatac.io.store), reused by
 later runs of the same input and filter and refused for any other, and trained on streamed, never held in memory.
 
-Each script case runs AE.py in a subprocess on data/demo (800 cells x 3,000 peaks), 3 epochs, latent 4; the run
-whose scores are checked trains longer, as the streamed path has no neighbour term to make up for few epochs.
+Each script case runs AE.py in this process (conftest.run_in_process; two runs at once and torchrun get processes
+of their own) on data/demo (800 cells x 3,000 peaks), 3 epochs, latent 4; the run whose scores are checked trains
+longer, as the streamed path has no neighbour term to make up for few epochs.
 """
 import json
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DEMO, REPO, run_script
+from conftest import DEMO, REPO, run_in_process
 
 pytest.importorskip("torch")
 anndata = pytest.importorskip("anndata")
@@ -25,8 +26,8 @@ STRICT = ["--min-peaks-per-cell", "40"]
 
 
 def ae(data, out, *args, epochs=3):
-    """AE.py in a subprocess: `epochs` on `data` into `out`, latent 4."""
-    return run_script("AE.py", epochs, data, out, 4, *args)
+    """AE.py in this process: `epochs` on `data` into `out`, latent 4."""
+    return run_in_process("AE.py", epochs, data, out, 4, *args)
 
 
 def files_in(folder: Path) -> list:
@@ -241,9 +242,9 @@ def test_compare_reuses_a_scripts_store_and_skips_what_needs_the_matrix(runs, tm
     """compare.py --store shares the scripts' store logic: the store AE.py wrote for the same input, labels and filter
     is reused; methods that cannot read a store get a "skipped" row instead of failing the comparison."""
     out = tmp_path / "compare"
-    done = run_script("compare.py", DEMO, out, 4, DEMO / "labels.txt", "--methods", "AE,NMF,LSNMF", "--seeds", "1",
-                      "--ae-epochs", "3", "--nmf-max-iter", "50", "--no-snapatac2", "--no-umap", "--threads", "1",
-                      *STRICT, "--store", runs["store"], timeout=600)
+    done = run_in_process("compare.py", DEMO, out, 4, DEMO / "labels.txt", "--methods", "AE,NMF,LSNMF", "--seeds",
+                          "1", "--ae-epochs", "3", "--nmf-max-iter", "50", "--no-snapatac2", "--no-umap", "--threads",
+                          "1", *STRICT, "--store", runs["store"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"reusing store {runs['store']}" in done.stderr
     lines = [line.split("\t") for line in (out / "comparison.tsv").read_text().splitlines()]

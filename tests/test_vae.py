@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import scatac
-from conftest import DEMO, cpu_trainer, labelled, resolved, run_script, shared_path, train_data
+from conftest import DEMO, cpu_trainer, labelled, resolved, run_in_process, shared_path, train_data
 from scatac.batches import Batch
 from scatac.models import vae
 from scatac.models.vae import VariationalAutoEncoder
@@ -23,8 +23,8 @@ def test_outputs_parse_back_and_loss_records_kl_apart(tmp_path, demo_adata):
     import anndata
 
     out = tmp_path / "run"
-    done = run_script("VAE.py", 5, DEMO, out, 6, DEMO / "labels.txt", "--no-umap", "--hidden-dims", "64",
-                      "--kl-warmup", "2", "--threads", "1")
+    done = run_in_process("VAE.py", 5, DEMO, out, 6, DEMO / "labels.txt", "--no-umap", "--hidden-dims", "64",
+                          "--kl-warmup", "2", "--threads", "1")
     assert done.returncode == 0, done.stderr
     n_cells = len((DEMO / "barcodes.txt").read_text().split())
     rows = [line.split("\t") for line in (out / "feature.txt").read_text().splitlines()]
