@@ -55,6 +55,12 @@ NMF_OPTIONS = Options(
     # "Graph-regularized NMF")
     Param("graph_iter", int, 50, "multiplicative updates of the graph-regularized objective after the plain fit "
                                  "(default 50)", low=1),
+    # the products with V dominate an update; repeating W's update on them (the graph term acts on W) reached on sets
+    # where 50 single updates had not converged what 100 reach, at 50's cost (docs/benchmarks.md, "Graph-regularized
+    # NMF")
+    Param("graph_w_updates", int, 2, "updates of the cell factors per product with the matrix in each graph update "
+                                     "(accelerated multiplicative updates, Gillis and Glineur 2012; default 2)",
+          low=1),
 )
 LSNMF_OPTIONS = Options(
     FACTORIZATION_TRANSFORM,
@@ -386,7 +392,7 @@ def neighbor_graph_parts(neighbors: np.ndarray) -> tuple:
 
 
 def graph_regularized_updates(V: sp.csr_matrix, W: np.ndarray, H: np.ndarray, neighbors: np.ndarray, weight: float,
-                              n_iter: int) -> tuple:
+                              n_iter: int, w_updates: int = 1) -> tuple:
     """Graph-regularized NMF (GNMF; Cai, He, Han and Huang, TPAMI 2011) by multiplicative updates from (W, H).
 
     Minimizes ||V - W H||_F^2 + lambda tr(W^T L W), L = D - A the Laplacian of the cells' symmetric neighbour graph:
@@ -394,7 +400,10 @@ def graph_regularized_updates(V: sp.csr_matrix, W: np.ndarray, H: np.ndarray, ne
     it keeps cells that are near under the reference geometry near in the factors (the autoencoders' neighbour term,
     for NMF). The updates are Cai et al.'s: W <- W (V H^T + lambda A W) / (W H H^T + lambda D W), H <- H (W^T V) /
     (W^T W H), each non-increasing in the objective. lambda = `weight` x (||V||^2 / n_cells) / (mean degree x ||W||^2
-    / n_cells) at the start, so that one weight holds on inputs of any scale.
+    / n_cells) at the start, so that one weight holds on inputs of any scale. Each of the `n_iter` steps computes
+    V H^T once and updates W `w_updates` times on it (Gillis and Glineur, Neural Computation 2012: the product with
+    the sparse V costs O(nnz x rank), a repeated update of W only O(n_cells x rank^2) and the graph's product), then H
+    once; every update is still non-increasing.
 
     Parameters
     ----------
@@ -407,7 +416,9 @@ def graph_regularized_updates(V: sp.csr_matrix, W: np.ndarray, H: np.ndarray, ne
     weight : float
         The graph term's relative weight.
     n_iter : int
-        Updates of W and H.
+        Steps, each one product with V for W and one for H.
+    w_updates : int
+        Updates of W per step.
 
     Returns
     -------
@@ -424,7 +435,9 @@ def graph_regularized_updates(V: sp.csr_matrix, W: np.ndarray, H: np.ndarray, ne
     n_cells = V.shape[0]
     lam = weight * (V.multiply(V).sum() / n_cells) / max(degree.mean() * (W ** 2).sum() / n_cells, tiny)
     for _ in range(n_iter):
-        W *= (V @ H.T + lam * (adjacency @ W)) / np.maximum(W @ (H @ H.T) + lam * degree[:, None] * W, tiny)
+        VHt, HHt = V @ H.T, H @ H.T
+        for _ in range(w_updates):
+            W *= (VHt + lam * (adjacency @ W)) / np.maximum(W @ HHt + lam * degree[:, None] * W, tiny)
         H *= (V_t @ W).T / np.maximum((W.T @ W) @ H, tiny)
     return W, H, float(lam)
 
@@ -454,7 +467,8 @@ def fit_nmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, batch_size: int = 102
     minibatch_above : int
         'auto' takes MiniBatchNMF above this many cells.
     **options
-        `NMF_OPTIONS`: transform, max_iter, init, solver, tol, backend, graph_weight, graph_iter (checked there).
+        `NMF_OPTIONS`: transform, max_iter, init, solver, tol, backend, graph_weight, graph_iter,
+        graph_w_updates (checked there).
 
     Returns
     -------
@@ -464,7 +478,7 @@ def fit_nmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, batch_size: int = 102
         (rank, n_peaks) float32, H.
     info : dict
         backend, transform, rank, seed, init, solver, max_iter, tol, n_iter (the plain fit's), converged, graph_weight,
-        graph_iter and graph_lambda (lambda as used; 0 without the graph term), fit_s, reconstruction_err (the
+        graph_iter, graph_w_updates and graph_lambda (lambda as used; 0 without the graph term), fit_s, reconstruction_err (the
         Frobenius norm of V - W H) and, for minibatch, batch_size.
     """
     from sklearn.decomposition import NMF, MiniBatchNMF
@@ -474,7 +488,7 @@ def fit_nmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, batch_size: int = 102
     rank = check_rank(rank, n_cells, n_peaks)
     o = NMF_OPTIONS.resolve(options, where="nmf")
     transform, max_iter, init, solver, tol, backend = (o[k] for k in ("transform", "max_iter", "init", "solver", "tol", "backend"))
-    graph_weight, graph_iter = o["graph_weight"], o["graph_iter"]
+    graph_weight, graph_iter, graph_w_updates = o["graph_weight"], o["graph_iter"], o["graph_w_updates"]
     if backend == "auto":
         backend = "minibatch" if n_cells > minibatch_above else "full"
     counts, X = X, factorization_input(X, transform)
@@ -492,7 +506,7 @@ def fit_nmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, batch_size: int = 102
     lam = 0.0
     if graph_weight > 0 and n_cells > 1:
         neighbors = reference_neighbors(counts, n_components=rank, seed=seed)
-        W, H, lam = graph_regularized_updates(X, W, H, neighbors, graph_weight, graph_iter)
+        W, H, lam = graph_regularized_updates(X, W, H, neighbors, graph_weight, graph_iter, graph_w_updates)
     info_dict = {
         "backend": backend,
         "transform": transform,
@@ -506,6 +520,7 @@ def fit_nmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, batch_size: int = 102
         "converged": converged,
         "graph_weight": graph_weight if lam > 0 else 0.0,
         "graph_iter": graph_iter if lam > 0 else 0,
+        "graph_w_updates": graph_w_updates if lam > 0 else 0,
         "graph_lambda": lam,
         "fit_s": time.perf_counter() - started,
         "reconstruction_err": factorization_error(X, W, H),
@@ -751,7 +766,7 @@ def fit_nmf_stored(counts, rank: int, seed: int = 0, *, batch_size: int = 1024, 
         A tqdm bar over each pass's blocks, then the transform's.
     **options
         `NMF_OPTIONS`. max_iter counts passes over the store; transform makes V (default idf); init and tol as
-        MiniBatchNMF takes them; graph_weight and graph_iter are not used (the graph term is off from a store). backend must be 'auto' or 'minibatch' and solver 'mu' (MiniBatchNMF has
+        MiniBatchNMF takes them; graph_weight, graph_iter and graph_w_updates are not used (the graph term is off from a store). backend must be 'auto' or 'minibatch' and solver 'mu' (MiniBatchNMF has
         multiplicative updates only): anything else is an InputError.
 
     Returns
@@ -856,6 +871,7 @@ def fit_nmf_stored(counts, rank: int, seed: int = 0, *, batch_size: int = 1024, 
         "forget_factor": forget_factor,
         "graph_weight": 0.0,  # the graph term needs every cell's neighbours at hand: off from a store
         "graph_iter": 0,
+        "graph_w_updates": 0,
         "graph_lambda": 0.0,
     }
     return W, H.astype(np.float32), info_dict

@@ -231,21 +231,33 @@ def test_graph_regularized_updates_lower_their_objective_and_pull_neighbours_tog
     adjacency, degree = factorization.neighbor_graph_parts(neighbors)
     tiny = np.finfo(np.float64).eps
     before = gnmf_objective(V, W, H, neighbors, lam)
-    for _ in range(10):  # the update rule at the fixed lambda
-        W *= (V @ H.T + lam * (adjacency @ W)) / np.maximum(W @ (H @ H.T) + lam * degree[:, None] * W, tiny)
+    for _ in range(10):  # the update rule at the fixed lambda, W's repeated on one product (graph_w_updates)
+        VHt = V @ H.T
+        for _ in range(2):
+            W *= (VHt + lam * (adjacency @ W)) / np.maximum(W @ (H @ H.T) + lam * degree[:, None] * W, tiny)
+            now = gnmf_objective(V, W, H, neighbors, lam)
+            assert now <= before * (1 + 1e-9)
+            before = now
         H *= (V.T @ W).T / np.maximum((W.T @ W) @ H, tiny)
         now = gnmf_objective(V, W, H, neighbors, lam)
         assert now <= before * (1 + 1e-9)
         before = now
+    # the function's own steps: one W update a step, and two, both below the start at the lambda they set
+    for w_updates in (1, 2):
+        W, H, lam = factorization.graph_regularized_updates(V, W0, H0, neighbors, 30.0, 5, w_updates)
+        assert gnmf_objective(V, W, H, neighbors, lam) < gnmf_objective(V, W0, H0, neighbors, lam)
 
     def neighbour_spread(W):
         W = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
         return float(((W[:, None, :] - W[neighbors]) ** 2).sum(-1).mean())
 
     W_graph, _, info = factorization.fit_nmf(X, 4, seed=0)
-    assert info["graph_weight"] == 30 and info["graph_iter"] == 50 and info["graph_lambda"] > 0
+    assert info["graph_weight"] == 30 and info["graph_iter"] == 50 and info["graph_w_updates"] == 2
+    assert info["graph_lambda"] > 0
     assert neighbour_spread(W_graph.astype(np.float64)) < 0.8 * neighbour_spread(W0)
     W_plain, _, plain = factorization.fit_nmf(X, 4, seed=0, graph_weight=0)
     assert plain["graph_lambda"] == 0 and np.array_equal(W_plain, W0.astype(np.float32))
     with pytest.raises(scatac.InputError, match="graph_weight"):
         factorization.fit_nmf(X, 4, graph_weight=-1)
+    with pytest.raises(scatac.InputError, match="graph_w_updates"):
+        factorization.fit_nmf(X, 4, graph_w_updates=0)
