@@ -70,8 +70,15 @@ LSNMF_OPTIONS = Options(
     Param("beta", float, 0.1, "step-size shrink factor", low=0, high=1, low_open=True, high_open=True),
     Param("min_residuals", float, 1e-5, "stop when the projected gradient falls below this fraction of its start",
           low=0, low_open=True),
-    Param("backend", str, "auto", "nimfa on a dense copy, or the sparse solver (auto: nimfa while the copy is < 1 GiB)",
+    Param("backend", str, "auto", "nimfa on a dense copy, or the sparse solver (auto: nimfa while the copy is < 1 GiB "
+                                  "and there is no graph term)",
           choices=("auto", "nimfa", "sparse")),
+    # NMF's graph term inside LSNMF's own algorithm: the W half-step's least squares gains lambda tr(W^T L W)
+    # (docs/benchmarks.md, "Graph-regularized LSNMF"); above 3 it cut a set's types it had held
+    Param("graph_weight", float, 3.0, "weight of the graph term (as NMF's, solved inside each W half-step): the cell "
+                                      "factors of each cell and its reference neighbours pulled together, relative to "
+                                      "the reconstruction's size; needs the sparse solver; 0 turns it off, as does a "
+                                      "store (default 3)", low=0),
 )
 
 
@@ -191,18 +198,35 @@ def _vcol_picks(n_cells: int, n_peaks: int, rank: int, seed: int, p_c: int | Non
     return pick_cols, pick_rows
 
 
-def _pg_subproblem(WtV, WtW, H, eps, sub_iter, inner_sub_iter, beta):
+def _pg_subproblem(WtV, WtW, H, eps, sub_iter, inner_sub_iter, beta, graph=None):
     """Solve min_{H >= 0} ||V - W H||^2 from WtV = W^T V and WtW = W^T W by projected gradient.
 
     Lin (2007), Algorithm 4 (the 'nlssubprob' of his MATLAB code), step for step as nimfa's
     Lsnmf._subproblem: a step-size search that shrinks (or grows) alpha by `beta` until the
     sufficient-decrease condition holds. Returns (H, the last gradient, the last iteration index).
+    With `graph` = (lam, adjacency, degree) over H's columns, the objective gains lam tr(H L H^T), L = D - A: the
+    gradient gains 2 lam H L and the quadratic form lam tr(d L d^T) (both halved, as Lin's are: the least squares'
+    gradient is taken as W^T W H - W^T V).
     """
+    def gradient(H):
+        grad = WtW @ H - WtV
+        if graph is not None:
+            lam, adjacency, degree = graph
+            grad += lam * (H * degree - (adjacency @ H.T).T)
+        return grad
+
+    def curvature(d):  # d^T Q d of the quadratic objective along the step d
+        dQd = float(np.sum((WtW @ d) * d))
+        if graph is not None:
+            lam, adjacency, degree = graph
+            dQd += lam * float(np.sum(d * d * degree) - np.sum(d * (adjacency @ d.T).T))
+        return dQd
+
     alpha = 1.0
-    grad = WtW @ H - WtV
+    grad = gradient(H)
     it = 0
     for it in range(sub_iter):
-        grad = WtW @ H - WtV
+        grad = gradient(H)
         projgrad = np.linalg.norm(grad[np.logical_or(grad < 0, H > 0)])
         if projgrad < eps:
             break
@@ -212,7 +236,7 @@ def _pg_subproblem(WtV, WtW, H, eps, sub_iter, inner_sub_iter, beta):
             Hn = np.maximum(H - alpha * grad, 0)
             d = Hn - H
             gradd = float(np.sum(grad * d))
-            dQd = float(np.sum((WtW @ d) * d))
+            dQd = curvature(d)
             suff_decr = 0.99 * gradd + 0.5 * dQd < 0
             if inner == 0:
                 decr_alpha = not suff_decr
@@ -235,11 +259,12 @@ def _projected_norm(grad, factor):
     return grad[np.logical_or(grad < 0, factor > 0)]
 
 
-def _lsnmf_sparse(X, W, H, max_iter, sub_iter, inner_sub_iter, beta, min_residuals):
+def _lsnmf_sparse(X, W, H, max_iter, sub_iter, inner_sub_iter, beta, min_residuals, graph=None):
     """Alternating non-negative least squares by projected gradient (Lin 2007) with X sparse and
     W (n_cells, rank), H (rank, n_peaks) dense: the only products with X are X H^T and X^T W,
     O(nnz * rank) each. Mirrors nimfa 1.4.0's Lsnmf.factorize/update/objective, including its
-    stopping rule, so the two backends give the same factors from the same start.
+    stopping rule, so the two backends give the same factors from the same start. `graph` as
+    _lsnmf_solve takes it.
     """
     dtype = X.dtype
     XT = X.T.tocsr()
@@ -250,14 +275,21 @@ def _lsnmf_sparse(X, W, H, max_iter, sub_iter, inner_sub_iter, beta, min_residua
     def wt_x(W):  # W^T X: (rank, n_peaks)
         return np.asarray(XT @ W.astype(dtype), dtype=np.float64).T
 
-    return _lsnmf_solve(x_ht, wt_x, W, H, max_iter, sub_iter, inner_sub_iter, beta, min_residuals)
+    return _lsnmf_solve(x_ht, wt_x, W, H, max_iter, sub_iter, inner_sub_iter, beta, min_residuals, graph)
 
 
-def _lsnmf_solve(x_ht, wt_x, W, H, max_iter, sub_iter, inner_sub_iter, beta, min_residuals):
+def _lsnmf_solve(x_ht, wt_x, W, H, max_iter, sub_iter, inner_sub_iter, beta, min_residuals, graph=None):
     """_lsnmf_sparse's iterations, given its two products with X as functions: x_ht(H) -> X H^T (n_cells, rank) and
     wt_x(W) -> W^T X (rank, n_peaks), float64. In memory they are sparse products; from a store, each is one pass over
-    its blocks (fit_lsnmf_stored). Each iteration calls each once. Returns (W, H, details) as _lsnmf_sparse."""
+    its blocks (fit_lsnmf_stored). Each iteration calls each once. Returns (W, H, details) as _lsnmf_sparse.
+
+    With `graph` = (lam, adjacency, degree) over the cells, W's half-step solves the graph-regularized least squares
+    min_{W >= 0} ||X - W H||^2 + lam tr(W^T L W) (GNMF's objective, Cai et al. 2011) by the same projected gradient; H's
+    is unchanged, so every half-step still lowers that objective."""
     gW = W @ (H @ H.T) - x_ht(H)
+    if graph is not None:
+        lam, adjacency, degree = graph
+        gW += lam * (degree[:, None] * W - adjacency @ W)
     gH = (W.T @ W) @ H - wt_x(W)
     # nimfa computes its initial gradient norm as norm(vstack(gW, gH.T)); its vstack takes one
     # sequence, so only gW is stacked (Lin's code uses [gW; gH^T]). Kept for identical results.
@@ -275,7 +307,7 @@ def _lsnmf_solve(x_ht, wt_x, W, H, max_iter, sub_iter, inner_sub_iter, beta, min
             break
         if iterW == 0 and iterH == 0 and epsW + epsH < min_residuals * init_grad:
             break
-        Wt, gWt, iterW = _pg_subproblem(x_ht(H).T, H @ H.T, W.T, epsW, sub_iter, inner_sub_iter, beta)
+        Wt, gWt, iterW = _pg_subproblem(x_ht(H).T, H @ H.T, W.T, epsW, sub_iter, inner_sub_iter, beta, graph)
         W, gW = Wt.T, gWt.T
         epsW = 0.1 * epsW if iterW == 0 else epsW
         H, gH, iterH = _pg_subproblem(wt_x(W), W.T @ W, H, epsH, sub_iter, inner_sub_iter, beta)
@@ -293,8 +325,11 @@ def fit_lsnmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, dense_limit_bytes: 
     V is `transform` of X (the IDF-weighted binary matrix by default; 'counts' factorizes X as given). Backend
     'nimfa' runs nimfa.Lsnmf on a dense float64 copy of V; 'sparse' runs this module's solver with V sparse and dense
     factors (from the same start it reproduces nimfa's result to rounding); 'auto' takes nimfa while the dense copy
-    (n_cells x n_peaks x 8 bytes) is below `dense_limit_bytes`, else 'sparse'. Both start from
-    `random_vcol_init(V, rank, seed)` unless `init` is given.
+    (n_cells x n_peaks x 8 bytes) is below `dense_limit_bytes` and `graph_weight` is 0, else 'sparse'. Both start from
+    `random_vcol_init(V, rank, seed)` unless `init` is given. With `graph_weight` > 0 (the default) each W half-step
+    solves the graph-regularized least squares of graph-regularized NMF over the cells' reference neighbours
+    (`scatac.pp.reference_neighbors` of X, `rank` components; lambda set from the start as `graph_regularized_updates`
+    sets it), by the same projected gradient: only the sparse solver has it.
 
     Parameters
     ----------
@@ -309,8 +344,8 @@ def fit_lsnmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, dense_limit_bytes: 
     init : tuple of numpy.ndarray or None
         (W0, H0), the start, instead of random_vcol.
     **options
-        `LSNMF_OPTIONS`: transform, max_iter, sub_iter, inner_sub_iter, beta, min_residuals, backend (checked there;
-        sub_iter, inner_sub_iter and beta are the original notebook's).
+        `LSNMF_OPTIONS`: transform, max_iter, sub_iter, inner_sub_iter, beta, min_residuals, backend, graph_weight
+        (checked there; sub_iter, inner_sub_iter and beta are the original notebook's).
 
     Returns
     -------
@@ -319,23 +354,32 @@ def fit_lsnmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, dense_limit_bytes: 
     loadings : numpy.ndarray
         (rank, n_peaks) float32, H.
     info : dict
-        backend, transform, dense_copy_bytes, rank, seed, init, max_iter, sub_iter, inner_sub_iter, beta, fit_s,
-        reconstruction_err (the Frobenius norm of V - W H), n_iter and projected_gradient_norm (the sparse solver adds
-        its history).
+        backend, transform, dense_copy_bytes, rank, seed, init, max_iter, sub_iter, inner_sub_iter, beta,
+        graph_weight, graph_lambda (0 without the graph term), fit_s, reconstruction_err (the Frobenius norm of
+        V - W H), n_iter and projected_gradient_norm (the sparse solver adds its history).
     """
     n_cells, n_peaks = X.shape
     rank = check_rank(rank, n_cells, n_peaks)
     o = LSNMF_OPTIONS.resolve(options, where="lsnmf")
     transform, max_iter, backend = o["transform"], o["max_iter"], o["backend"]
     sub_iter, inner_sub_iter, beta, min_residuals = o["sub_iter"], o["inner_sub_iter"], o["beta"], o["min_residuals"]
-    X = factorization_input(X, transform)
+    graph_weight = o["graph_weight"] if n_cells > 1 else 0.0
+    if backend == "nimfa" and graph_weight > 0:
+        fail("backend", f"nimfa has no graph term (graph_weight {graph_weight:g}): use backend 'auto' or 'sparse', or "
+                        "graph_weight 0 with nimfa")
+    counts, X = X, factorization_input(X, transform)
     dense_bytes = n_cells * n_peaks * 8
     if backend == "auto":
-        backend = "nimfa" if dense_bytes < dense_limit_bytes else "sparse"
+        backend = "nimfa" if dense_bytes < dense_limit_bytes and graph_weight == 0 else "sparse"
     W0, H0 = init if init is not None else random_vcol_init(X, rank, seed)
     W0 = np.array(W0, dtype=np.float64)
     H0 = np.array(H0, dtype=np.float64)
     started = time.perf_counter()
+    graph, lam = None, 0.0
+    if graph_weight > 0:
+        adjacency, degree = neighbor_graph_parts(reference_neighbors(counts, n_components=rank, seed=seed))
+        lam = _graph_lambda(X, W0, degree, graph_weight)
+        graph = (lam, adjacency, degree)
     if backend == "nimfa":
         nimfa = import_nimfa()
         with warnings.catch_warnings():
@@ -350,7 +394,7 @@ def fit_lsnmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, dense_limit_bytes: 
         H = np.asarray(fit.coef(), dtype=np.float64)
         details = {"n_iter": int(fit.fit.n_iter), "projected_gradient_norm": float(fit.fit.final_obj)}
     else:
-        W, H, details = _lsnmf_sparse(X, W0, H0, max_iter, sub_iter, inner_sub_iter, beta, min_residuals)
+        W, H, details = _lsnmf_sparse(X, W0, H0, max_iter, sub_iter, inner_sub_iter, beta, min_residuals, graph)
     info_dict = {
         "backend": backend,
         "transform": transform,
@@ -362,6 +406,8 @@ def fit_lsnmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, dense_limit_bytes: 
         "sub_iter": sub_iter,
         "inner_sub_iter": inner_sub_iter,
         "beta": beta,
+        "graph_weight": graph_weight,
+        "graph_lambda": lam,
         "fit_s": time.perf_counter() - started,
         "reconstruction_err": factorization_error(X, W, H),
         **details,
@@ -389,6 +435,14 @@ def neighbor_graph_parts(neighbors: np.ndarray) -> tuple:
     listed = sp.csr_matrix((np.ones(rows.size), (rows, neighbors.ravel())), shape=(n_cells, n_cells))
     adjacency = ((listed + listed.T) > 0).astype(np.float64).tocsr()
     return adjacency, np.asarray(adjacency.sum(axis=1)).ravel()
+
+
+def _graph_lambda(V: sp.csr_matrix, W: np.ndarray, degree: np.ndarray, weight: float) -> float:
+    """The graph term's lambda: `weight` x (||V||^2 / n_cells) / (mean degree x ||W||^2 / n_cells), the reconstruction's
+    size a cell over the graph term's size a cell at W, so that one weight holds on inputs of any scale."""
+    n_cells = V.shape[0]
+    tiny = np.finfo(np.float64).eps
+    return float(weight * (V.multiply(V).sum() / n_cells) / max(degree.mean() * (W ** 2).sum() / n_cells, tiny))
 
 
 def graph_regularized_updates(V: sp.csr_matrix, W: np.ndarray, H: np.ndarray, neighbors: np.ndarray, weight: float,
@@ -433,7 +487,7 @@ def graph_regularized_updates(V: sp.csr_matrix, W: np.ndarray, H: np.ndarray, ne
     V_t = V.T.tocsr()  # W^T V as (V^T W)^T: one CSR product a step, not a transposed copy each time
     W, H = np.array(W, dtype=np.float64), np.array(H, dtype=np.float64)
     n_cells = V.shape[0]
-    lam = weight * (V.multiply(V).sum() / n_cells) / max(degree.mean() * (W ** 2).sum() / n_cells, tiny)
+    lam = _graph_lambda(V, W, degree, weight)
     for _ in range(n_iter):
         VHt, HHt = V @ H.T, H @ H.T
         for _ in range(w_updates):
@@ -899,7 +953,8 @@ def fit_lsnmf_stored(counts, rank: int, seed: int = 0, *, block_cells: int | Non
     progress : bool
         A tqdm bar over each pass's blocks.
     **options
-        `LSNMF_OPTIONS`; backend must be 'auto' or 'sparse': nimfa works on a dense copy in memory.
+        `LSNMF_OPTIONS`; backend must be 'auto' or 'sparse': nimfa works on a dense copy in memory. graph_weight is
+        not used (the graph term needs every cell's neighbours at hand: off from a store).
 
     Returns
     -------
@@ -978,6 +1033,8 @@ def fit_lsnmf_stored(counts, rank: int, seed: int = 0, *, block_cells: int | Non
         "sub_iter": sub_iter,
         "inner_sub_iter": inner_sub_iter,
         "beta": beta,
+        "graph_weight": 0.0,  # the graph term needs every cell's neighbours at hand: off from a store
+        "graph_lambda": 0.0,
         "fit_s": time.perf_counter() - started,
         "reconstruction_err": math.sqrt(max(squared, 0.0)),
         "passes": passes + (data.weights is not None),

@@ -402,7 +402,7 @@ def _fit_factorization(method: methods.Method, fit, stored_fit, adata, latent_di
     streamed = _is_backed(adata)
     if streamed:
         counts = _store_of(adata, method.name, layer)
-        if options.get("graph_weight", 0) > 0:  # NMF's graph term needs every cell's neighbours at hand
+        if options.get("graph_weight", 0) > 0:  # the graph term needs every cell's neighbours at hand
             info(f"{method.name}: graph term off: the cells are read from {adata.filename} a block at a time")
             options = {**options, "graph_weight": 0.0}
         try:

@@ -28,8 +28,10 @@ def small(counts):
 def test_sparse_lsnmf_reproduces_nimfa_in_float64(small):
     X, _ = small
     X64 = X.astype(np.float64)
-    W_n, H_n, info_n = factorization.fit_lsnmf(X64, 6, transform="counts", seed=1, max_iter=15, backend="nimfa")
-    W_s, H_s, info_s = factorization.fit_lsnmf(X64, 6, transform="counts", seed=1, max_iter=15, backend="sparse")
+    W_n, H_n, info_n = factorization.fit_lsnmf(X64, 6, transform="counts", seed=1, max_iter=15, backend="nimfa",
+                                                  graph_weight=0)
+    W_s, H_s, info_s = factorization.fit_lsnmf(X64, 6, transform="counts", seed=1, max_iter=15, backend="sparse",
+                                                  graph_weight=0)
     assert (info_n["backend"], info_s["backend"]) == ("nimfa", "sparse")
     assert info_n["n_iter"] == info_s["n_iter"] == 15
     # same start, same iterations: the factors agree to rounding, the objectives too
@@ -45,8 +47,10 @@ def test_sparse_lsnmf_reproduces_nimfa_in_float64(small):
 def test_sparse_lsnmf_on_float32_input_stays_close_to_nimfa(small):
     X, _ = small
     assert X.dtype == np.float32
-    _, _, info_n = factorization.fit_lsnmf(X, 5, transform="counts", seed=0, max_iter=12, backend="nimfa")
-    W, H, info_s = factorization.fit_lsnmf(X, 5, transform="counts", seed=0, max_iter=12, backend="sparse")
+    _, _, info_n = factorization.fit_lsnmf(X, 5, transform="counts", seed=0, max_iter=12, backend="nimfa",
+                                               graph_weight=0)
+    W, H, info_s = factorization.fit_lsnmf(X, 5, transform="counts", seed=0, max_iter=12, backend="sparse",
+                                               graph_weight=0)
     assert info_s["reconstruction_err"] == pytest.approx(info_n["reconstruction_err"], rel=1e-5)
     assert W.shape == (X.shape[0], 5) and H.shape == (5, X.shape[1])
     assert W.dtype == np.float32 and H.dtype == np.float32
@@ -86,7 +90,7 @@ def test_large_path_never_densifies_the_matrix(counts, monkeypatch):
     assert info["backend"] == "sparse" and W.shape == (X.shape[0], 4) and H.shape == (4, X.shape[1])
     # the guard does catch a densification (nimfa's route copies X to dense)
     with pytest.raises(AssertionError, match="densified"):
-        factorization.fit_lsnmf(X, 4, seed=0, max_iter=2, backend="nimfa")
+        factorization.fit_lsnmf(X, 4, seed=0, max_iter=2, backend="nimfa", graph_weight=0)
     # sklearn's NMF and MiniBatchNMF work on the sparse matrix too
     W, H, info = factorization.fit_nmf(X, 4, seed=0, max_iter=50, minibatch_above=100)
     assert info["backend"] == "minibatch" and W.shape == (X.shape[0], 4) and H.shape == (4, X.shape[1])
@@ -261,3 +265,28 @@ def test_graph_regularized_updates_lower_their_objective_and_pull_neighbours_tog
         factorization.fit_nmf(X, 4, graph_weight=-1)
     with pytest.raises(scatac.InputError, match="graph_w_updates"):
         factorization.fit_nmf(X, 4, graph_w_updates=0)
+
+
+def test_lsnmf_graph_term_lowers_its_objective_and_pull_neighbours_together(counts):
+    """LSNMF's W half-steps solve the graph-regularized least squares: at the lambda it used, the fit ends below its
+    start on ||V - WH||^2 + lambda tr(W^T L W), and the neighbours' factors end nearer than without the term. Only the
+    sparse solver has the term: 'auto' takes it, nimfa is refused with it."""
+    X, _ = counts
+    V = transform(X, "idf").astype(np.float64)
+    neighbors = scatac.pp.reference_neighbors(X, n_components=4)
+    W_graph, H_graph, info = factorization.fit_lsnmf(X, 4, seed=0, max_iter=20)
+    assert info["backend"] == "sparse" and info["graph_weight"] == 3 and info["graph_lambda"] > 0
+    W0, H0 = factorization.random_vcol_init(V, 4, seed=0)
+    lam = info["graph_lambda"]
+    assert (gnmf_objective(V, W_graph.astype(np.float64), H_graph.astype(np.float64), neighbors, lam)
+            < 0.9 * gnmf_objective(V, W0, H0, neighbors, lam))
+    W_plain, _, plain = factorization.fit_lsnmf(X, 4, seed=0, max_iter=20, graph_weight=0)
+    assert plain["backend"] == "nimfa" and plain["graph_lambda"] == 0
+
+    def neighbour_spread(W):
+        W = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
+        return float(((W[:, None, :] - W[neighbors]) ** 2).sum(-1).mean())
+
+    assert neighbour_spread(W_graph.astype(np.float64)) < 0.8 * neighbour_spread(W_plain.astype(np.float64))
+    with pytest.raises(scatac.InputError, match="backend: nimfa has no graph term"):
+        factorization.fit_lsnmf(X, 4, backend="nimfa")
