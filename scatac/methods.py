@@ -218,8 +218,8 @@ VAE = Method(
 
 NMF = Method("NMF", "Non-negative matrix factorization (scikit-learn) of the cells x peaks matrix.", NMF_OPTIONS,
              kind="factorization")
-LSNMF = Method("LSNMF", "Alternating non-negative least squares by projected gradient (Lin 2007; nimfa).",
-               LSNMF_OPTIONS, kind="factorization")
+LSNMF = Method("LSNMF", "Alternating non-negative least squares by projected gradient (Lin 2007), with a graph term "
+                        "over the cells' neighbours.", LSNMF_OPTIONS, kind="factorization")
 
 NEURAL = (AE, SPARSE_AE, STACKED_AE, VAE)
 FACTORIZATIONS = (NMF, LSNMF)
