@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import common
 import scatac
 from scatac import cli, io, methods
-from conftest import DEMO, read_scores, run_script, shared_path
+from conftest import DEMO, read_scores, run_in_process, run_script, shared_path
 
 N_CELLS = len((DEMO / "barcodes.txt").read_text().split())
 
@@ -194,7 +194,8 @@ EPOCHS = 5
 
 def ae(outdir, *extra, labels=True, umap=False):
     args = [EPOCHS, DEMO, outdir, LATENT, *([DEMO / "labels.txt"] if labels else []), "--threads", "1", *extra]
-    done = run_script("AE.py", *args, *([] if umap else ["--no-umap"]))
+    # in this process (the command line itself: test_bad_input_from_the_command_line)
+    done = run_in_process("AE.py", *args, *([] if umap else ["--no-umap"]))
     assert done.returncode == 0, done.stderr
     return outdir
 
@@ -461,6 +462,6 @@ def test_ae_beats_chance_on_real_data(name, tmp_path):
     # (tests/test_api.py), at the AE's default epochs.
     folder = shared_path(name)
     out = tmp_path / name
-    done = run_script("AE.py", REAL_EPOCHS, folder, out, 10, folder / "labels.txt", "--no-umap", timeout=600)
+    done = run_in_process("AE.py", REAL_EPOCHS, folder, out, 10, folder / "labels.txt", "--no-umap")
     assert done.returncode == 0, done.stderr
     assert read_scores(out)["ARI"] > 0.3
