@@ -532,8 +532,8 @@ def fit_nmf(X: sp.csr_matrix, rank: int, seed: int = 0, *, batch_size: int = 102
         (rank, n_peaks) float32, H.
     info : dict
         backend, transform, rank, seed, init, solver, max_iter, tol, n_iter (the plain fit's), converged, graph_weight,
-        graph_iter, graph_w_updates and graph_lambda (lambda as used; 0 without the graph term), fit_s, reconstruction_err (the
-        Frobenius norm of V - W H) and, for minibatch, batch_size.
+        graph_iter, graph_w_updates and graph_lambda (lambda as used; 0 without the graph term), fit_s,
+        reconstruction_err (the Frobenius norm of V - W H) and, for minibatch, batch_size.
     """
     from sklearn.decomposition import NMF, MiniBatchNMF
     from sklearn.exceptions import ConvergenceWarning
